@@ -1,0 +1,99 @@
+"""Finding and safely loading checkpoints (always `weights_only=True`)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+AE_STAGE = "pretrain_ae"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unsafe or does not fit what the run needs."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; refuse anything that needs arbitrary unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects that only arbitrary unpickling can restore "
+            f"(torch.load weights_only=True rejected it: {str(err).splitlines()[0]}). Only load checkpoints "
+            "written by storyreason or another source you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {err}") from None
+
+
+def run_stage(run_dir: Path) -> str | None:
+    """The stage a run directory was trained with, read from its saved Hydra config."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(config), "stage.name")
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The best checkpoint of a finished run directory."""
+    path = Path(run_dir) / "checkpoints" / "best.ckpt"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no checkpoints/best.ckpt: is it a finished storyreason run?")
+    return path
+
+
+def find_latest_run(root: str | Path, stage: str) -> Path:
+    """The newest finished run (one that wrote metrics.json) of `stage` under `root`."""
+    runs = [
+        m.parent
+        for m in Path(root).glob("**/metrics.json")
+        if (m.parent / "checkpoints" / "best.ckpt").is_file() and run_stage(m.parent) == stage
+    ]
+    if not runs:
+        raise CheckpointError(f"no finished {stage} run under {root}")
+    return max(runs, key=lambda r: (r / "metrics.json").stat().st_mtime)
+
+
+def resolve_ae_checkpoint(ae_ckpt: str | None, root: str | Path) -> Path:
+    """`model.ae_ckpt`: a checkpoint file, a stage-1 run directory, or `auto` (newest finished stage-1 run)."""
+    hint = "Run stage 1 first (python train.py stage=pretrain_ae) or set model.ae_ckpt=PATH."
+    if ae_ckpt in (None, "", "auto"):
+        try:
+            return best_checkpoint(find_latest_run(root, AE_STAGE))
+        except CheckpointError as err:
+            raise CheckpointError(f"model.ae_ckpt=auto found no autoencoder: {err}. {hint}") from None
+    path = Path(ae_ckpt)
+    if path.is_dir():
+        return best_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.ae_ckpt={ae_ckpt} does not exist. {hint}")
+    return path
+
+
+def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Autoencoder weights of a stage-1 checkpoint, checked against the autoencoder config `expected`."""
+    ckpt = load_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters", {})
+    if hparams.get("stage") != AE_STAGE or "autoencoder" not in hparams:
+        raise CheckpointError(
+            f"model.ae_ckpt={path} is not a stage-1 autoencoder checkpoint (stage={hparams.get('stage')!r}). "
+            "Run stage 1 first (python train.py stage=pretrain_ae) or point model.ae_ckpt at its best.ckpt."
+        )
+    saved = hparams["autoencoder"]
+    for key, value in expected.items():
+        have = saved.get(key)
+        same = list(have or []) == list(value) if isinstance(value, (list, tuple)) else have == value
+        if not same:
+            raise CheckpointError(
+                f"model.ae_ckpt={path} has autoencoder.{key}={have} but this run needs "
+                f"model.autoencoder.{key}={value}: retrain stage 1 with it or change the setting."
+            )
+    prefix = "autoencoder."
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

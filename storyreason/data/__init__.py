@@ -1,0 +1,1 @@
+"""Story sources, the frame cache, captions and the LightningDataModule."""

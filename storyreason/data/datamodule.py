@@ -1,0 +1,125 @@
+"""The LightningDataModule: cached stories -> tokenized captions -> frames (stage 1) or windows (stage 2)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from storyreason.data.cache import StorySource, build_cache, cache_path, load_cache
+from storyreason.data.stories import SPLITS, StorySplit
+from storyreason.data.tokenizer import CaptionTokenizer
+from storyreason.data.windows import FrameDataset, WindowDataset, collate_batch, window_index
+
+log = logging.getLogger(__name__)
+
+
+class StoryDataModule(L.LightningDataModule):
+    """Serves one story source as frames (`item=frames`) or windows of `context` + 1 frames.
+
+    Frames stay uint8 tensors in memory; models scale them to [0, 1] on the batch. The caption
+    tokenizer is built on the train split, or restored from `vocab` (a checkpoint's vocabulary).
+    """
+
+    def __init__(
+        self,
+        source: StorySource,
+        item: str = "windows",
+        image_size: int = 64,
+        context: int = 4,
+        stride: int = 1,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        max_caption_len: int = 32,
+        cache_dir: str = ".cache/storyreason",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        vocab: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if item not in ("frames", "windows"):
+            raise ValueError(f"data.item must be 'frames' or 'windows', got {item!r}")
+        if context < 1:
+            raise ValueError(f"data.context must be >= 1, got {context}")
+        if stride < 1:
+            raise ValueError(f"data.stride must be >= 1, got {stride}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.image_size = image_size
+        self.item, self.context, self.stride = item, context, stride
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_caption_len = max_caption_len
+        self.cache_dir = cache_dir
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.tokenizer = CaptionTokenizer(vocab) if vocab else None
+        self.splits: dict[str, StorySplit] = {}
+        self.frames: dict[str, torch.Tensor] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        """Build the frame cache once (rank 0 only under DDP)."""
+        build_cache(self.source, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.splits = load_cache(cache_path(self.source, self.cache_dir))
+        if self.tokenizer is None:
+            self.tokenizer = CaptionTokenizer.build(self.splits["train"].captions)
+        for split in SPLITS:
+            data = self.splits[split]
+            if data.frames.shape[2:] != (self.image_size, self.image_size):
+                raise ValueError(
+                    f"{split} frames are {tuple(data.frames.shape[2:])} but data.image_size={self.image_size}"
+                )
+            frames = torch.from_numpy(data.frames)
+            self.frames[split] = frames
+            if self.item == "frames":
+                self.datasets[split] = FrameDataset(frames)
+                continue
+            tokens, lengths = self.tokenizer.encode_batch(data.captions, self.max_caption_len)
+            windows = window_index(data.offsets, self.context, self.stride)
+            short = int((data.story_lengths <= self.context).sum())
+            if short:
+                log.warning("%s: skipped %d of %d stories shorter than data.context + 1 = %d frames",
+                            split, short, data.num_stories, self.context + 1)
+            self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(windows))
+        if len(self.datasets["train"]) == 0:
+            longest = int(self.splits["train"].story_lengths.max(initial=0))
+            raise ValueError(
+                f"no training {self.item}: data.context={self.context} needs stories of at least "
+                f"{self.context + 1} frames, the longest train story has {longest}"
+            )
+
+    def story_ids(self, split: str) -> list[str]:
+        """Story id of every window (or frame) of `split`, in dataset order."""
+        data = self.splits[split]
+        owner = np.repeat(np.arange(data.num_stories), data.story_lengths)
+        if self.item == "frames":
+            return [data.story_ids[s] for s in owner]
+        return [data.story_ids[s] for s in owner[self.datasets[split].windows[:, -1].numpy()]]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=collate_batch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,1 @@
+"""Story sources: each turns its input into train/val/test `StorySplit`s (through the frame cache)."""

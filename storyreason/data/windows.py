@@ -1,0 +1,73 @@
+"""Story windows: `context` consecutive frames plus the next one as target, never across stories."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def window_index(offsets: np.ndarray, context: int, stride: int) -> np.ndarray:
+    """(W, context + 1) global frame indices of every window; stories shorter than context + 1 give none."""
+    starts = [
+        np.arange(begin, end - context, stride)
+        for begin, end in zip(offsets[:-1], offsets[1:])
+        if end - begin > context
+    ]
+    if not starts:
+        return np.zeros((0, context + 1), np.int64)
+    return (np.concatenate(starts)[:, None] + np.arange(context + 1)[None, :]).astype(np.int64)
+
+
+def _as_index(indices: list[int] | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(indices, dtype=torch.long)
+
+
+class FrameDataset(Dataset):
+    """Single frames for stage 1. Batches are gathered with one tensor index (`__getitems__`)."""
+
+    def __init__(self, frames: torch.Tensor) -> None:
+        self.frames = frames  # (N, 3, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return {"frames": self.frames[_as_index(indices)]}  # (B, 3, H, W) uint8
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+class WindowDataset(Dataset):
+    """Story windows for stage 2, gathered a whole batch at a time from in-memory tensors."""
+
+    def __init__(self, frames: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor) -> None:
+        self.frames = frames  # (N, 3, H, W) uint8
+        self.tokens = tokens  # (N, L) int64, `w1 .. wn <eos>` padded
+        self.lengths = lengths  # (N,) int64
+        self.windows = windows  # (W, K + 1) int64 frame indices
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = self.windows[_as_index(indices)]  # (B, K + 1)
+        context, target = index[:, :-1], index[:, -1]
+        return {
+            "frame_index": index,  # (B, K + 1)
+            "context_frames": self.frames[context],  # (B, K, 3, H, W) uint8
+            "context_captions": self.tokens[context],  # (B, K, L)
+            "context_lengths": self.lengths[context],  # (B, K)
+            "target_frame": self.frames[target],  # (B, 3, H, W) uint8
+            "target_caption": self.tokens[target],  # (B, L)
+            "target_length": self.lengths[target],  # (B,)
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dataset already returns whole batches; DataLoader only has to pass them on."""
+    return batch

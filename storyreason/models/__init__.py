@@ -1,0 +1,1 @@
+"""Plain torch modules (no Lightning): the autoencoder and the multimodal story model."""

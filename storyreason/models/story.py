@@ -1,0 +1,153 @@
+"""The multimodal story model: context frames + captions -> next latent + next caption.
+
+Data flows top to bottom:
+  context latents (B, K, Z), context captions (B, K, L)
+  -> CaptionEncoder           per caption: token states (B*K, L, T), summary (B*K, T)
+  -> CrossModalFusion         per frame: image attends to its caption, concat + FC -> (B, K, D)
+  -> story GRU                over the K frames -> story state (B, S)
+  -> latent head              next latent = last latent + residual (B, Z)
+  -> CaptionDecoder           GRU + linear head, reads the state and attends to the last caption
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from storyreason.models.text import CaptionEncoder
+
+
+class CrossModalFusion(nn.Module):
+    """An image vector attends over its caption's token states; [image, caption, attended] -> FC."""
+
+    def __init__(self, latent_dim: int, text_dim: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(latent_dim, dim)
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fc = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(inplace=True))
+
+    def forward(self, latent: torch.Tensor, states: torch.Tensor, summary: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """latent (N, Z), states (N, L, T), summary (N, T), pad (N, L) bool -> (N, D)."""
+        image = self.image_proj(latent)  # (N, D)
+        keys = self.text_proj(states)  # (N, L, D)
+        attended, _ = self.attention(image[:, None], keys, keys, key_padding_mask=pad, need_weights=False)
+        return self.fc(torch.cat([image, self.text_proj(summary), attended[:, 0]], dim=-1))
+
+
+class CaptionDecoder(nn.Module):
+    """GRU language model conditioned on the story state, with attention over the last caption (a copy path)."""
+
+    def __init__(self, embed: nn.Embedding, state_dim: int, memory_dim: int, hidden_dim: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.embed = embed  # shared with the caption encoder
+        embed_dim = embed.embedding_dim
+        self.position = nn.Embedding(max_len, embed_dim)
+        self.init_hidden = nn.Linear(state_dim, hidden_dim)
+        self.gru = nn.GRU(embed_dim + state_dim, hidden_dim, batch_first=True)
+        self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
+        self.attention = nn.MultiheadAttention(hidden_dim, heads, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
+
+    def memory(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Keys of the last caption: encoder states and word embeddings, (B, L, T) + (B, L) -> (B, L, H)."""
+        return self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (B, T) starting at position `start` -> logits (B, T, V), GRU hidden (1, B, H).
+
+        Position t sees only inputs[:, :t + 1] (the GRU is causal; the memory is the context caption).
+        """
+        steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
+        x = self.embed(inputs) + self.position(steps)[None]
+        x = torch.cat([x, state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
+        if hidden is None:
+            hidden = torch.tanh(self.init_hidden(state))[None]
+        out, hidden = self.gru(x, hidden)  # (B, T, H)
+        read, _ = self.attention(out, memory, memory, key_padding_mask=memory_pad, need_weights=False)
+        return self.head(torch.cat([out, read], dim=-1)), hidden
+
+
+@dataclass
+class StoryEncoding:
+    """What the decoders need from the context."""
+
+    state: torch.Tensor  # (B, S) story state
+    latent: torch.Tensor  # (B, Z) predicted next latent
+    memory: torch.Tensor  # (B, L, H) keys of the last context caption
+    memory_pad: torch.Tensor  # (B, L) True at padding
+
+
+class StoryModel(nn.Module):
+    """Next-scene predictor over K context frames (as autoencoder latents) and their captions."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        latent_dim: int = 384,
+        max_caption_len: int = 32,
+        embed_dim: int = 64,
+        text_dim: int = 128,
+        fusion_dim: int = 256,
+        state_dim: int = 256,
+        decoder_dim: int = 256,
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        self.max_caption_len = max_caption_len
+        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
+        self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
+        self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
+        self.latent_head = nn.Sequential(
+            nn.Linear(state_dim + latent_dim, state_dim), nn.ReLU(inplace=True), nn.Linear(state_dim, latent_dim)
+        )
+        self.caption = CaptionDecoder(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1)
+
+    def encode(self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> StoryEncoding:
+        """latents (B, K, Z), captions (B, K, L), lengths (B, K) -> StoryEncoding."""
+        b, k, length = captions.shape
+        pad = captions.flatten(0, 1) == PAD_ID  # (B*K, L)
+        states, summary = self.text(captions.flatten(0, 1), lengths.flatten())
+        fused = self.fusion(latents.flatten(0, 1), states, summary, pad).view(b, k, -1)  # (B, K, D)
+        _, hidden = self.story(fused)
+        state = hidden[-1]  # (B, S)
+        last = latents[:, -1]
+        latent = last + self.latent_head(torch.cat([state, last], dim=-1))
+        memory = self.caption.memory(states.view(b, k, length, -1)[:, -1], captions[:, -1])
+        return StoryEncoding(state, latent, memory, pad.view(b, k, length)[:, -1])
+
+    def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
+        inputs = torch.cat([torch.full_like(target[:, :1], BOS_ID), target[:, :-1]], dim=1)
+        logits, _ = self.caption(inputs, enc.state, enc.memory, enc.memory_pad)
+        return logits
+
+    @torch.no_grad()
+    def generate(self, enc: StoryEncoding, max_len: int | None = None) -> torch.Tensor:
+        """Greedy decoding -> (B, max_len) ids, <pad> after the first <eos>."""
+        max_len = max_len or self.max_caption_len
+        token = torch.full((len(enc.state), 1), BOS_ID, dtype=torch.long, device=enc.state.device)
+        hidden, out = None, []
+        for t in range(max_len):
+            logits, hidden = self.caption(token, enc.state, enc.memory, enc.memory_pad, hidden, start=t)
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(token)
+        return mask_after_eos(torch.cat(out, dim=1))
+
+
+def mask_after_eos(tokens: torch.Tensor) -> torch.Tensor:
+    """Replace everything after the first <eos> of each row by <pad>."""
+    seen = (tokens == EOS_ID).long().cumsum(dim=1)
+    after = (seen - (tokens == EOS_ID).long()) > 0
+    return tokens.masked_fill(after, PAD_ID)

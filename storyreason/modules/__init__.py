@@ -1,0 +1,1 @@
+"""LightningModules: stage 1 (autoencoder) and stage 2 (multimodal story model)."""

@@ -1,0 +1,68 @@
+"""Stage 1: pretrain the convolutional autoencoder on every frame of the train split."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from storyreason.metrics import image_metrics, update_images
+from storyreason.models.autoencoder import ConvAutoencoder
+from storyreason.modules.base import StageModule, to_unit
+
+
+class AutoencoderModule(StageModule):
+    """Reconstruct frames; loss = L1 + mse_weight * MSE; L1, PSNR, SSIM over whole splits."""
+
+    def __init__(
+        self,
+        autoencoder: dict,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        mse_weight: float = 1.0,
+        scheduler: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        channels_last: bool = True,
+        stage: str = "pretrain_ae",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.autoencoder = ConvAutoencoder(**autoencoder)
+        if channels_last:
+            self.autoencoder.to(memory_format=torch.channels_last)
+        self.metrics = nn.ModuleDict({s: image_metrics(f"{s}/", ("l1", "psnr", "ssim")) for s in ("val", "test")})
+
+    def frames(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = to_unit(batch["frames"])  # (B, 3, H, W)
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        x = self.frames(batch)
+        recon = self.autoencoder(x).float()
+        l1 = F.l1_loss(recon, x)
+        loss = l1 + self.hparams.mse_weight * F.mse_loss(recon, x) if self.hparams.mse_weight else l1
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x))
+        if split == "train":
+            self.log("train/l1", l1, on_step=True, on_epoch=True, batch_size=len(x))
+        else:
+            update_images(self.metrics[split], recon, x)
+            self.log_dict(self.metrics[split], on_epoch=True, batch_size=len(x))
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    @torch.no_grad()
+    def samples(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[str]]:
+        """Image rows `input | reconstruction` for a few frames; no captions in stage 1."""
+        x = self.frames(batch)
+        recon = self.autoencoder(x).float().clamp(0, 1)
+        return [torch.stack([a, b]) for a, b in zip(x, recon)], []

@@ -1,0 +1,188 @@
+"""Stage 2: the multimodal story model over a pretrained (by default frozen) autoencoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from storyreason.data.tokenizer import PAD_ID, CaptionTokenizer
+from storyreason.metrics import caption_metrics, image_metrics, token_accuracy, update_captions, update_images
+from storyreason.models.autoencoder import ConvAutoencoder
+from storyreason.models.story import StoryEncoding, StoryModel
+from storyreason.modules.base import StageModule, to_unit
+
+Batch = dict[str, torch.Tensor]
+
+
+class MultimodalStoryModule(StageModule):
+    """Loss = w_ce * caption CE (padding ignored) + w_img * image L1 + w_lat * latent MSE.
+
+    With a frozen autoencoder (default) it stays in eval mode, and the latents of every frame of a
+    split are computed once (`cache_latents`) instead of re-encoding the context at every step.
+    """
+
+    def __init__(
+        self,
+        vocab: list[str],
+        autoencoder: dict,
+        story: dict,
+        context: int = 4,
+        max_caption_len: int = 32,
+        ae_ckpt: str | None = "auto",
+        freeze_ae: bool = True,
+        cache_latents: bool = True,
+        loss_weights: dict[str, float] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "cosine",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        stage: str = "multimodal",
+    ) -> None:
+        super().__init__()
+        loss_weights = dict(loss_weights or {"ce": 1.0, "img": 1.0, "lat": 1.0})
+        unknown = set(loss_weights) - {"ce", "img", "lat"}
+        if unknown:
+            raise ValueError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
+        if not any(loss_weights.values()):
+            raise ValueError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
+        self.save_hyperparameters()
+        self.hparams.loss_weights = loss_weights
+        self.tokenizer = CaptionTokenizer(vocab)
+        self.autoencoder = ConvAutoencoder(**autoencoder)
+        self.story = StoryModel(len(vocab), self.autoencoder.latent_dim, max_caption_len, **story)
+        if freeze_ae:
+            self.autoencoder.requires_grad_(False)
+        self._latent_tables: dict[str, torch.Tensor] = {}
+        self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
+
+    @staticmethod
+    def _split_metrics(prefix: str, vocab_size: int) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                "image": image_metrics(prefix),
+                "token_acc": token_accuracy(vocab_size),
+                "caption": caption_metrics(prefix, vocab_size),
+                "copy_last_frame": image_metrics(f"{prefix}baseline/copy_last_frame/"),
+                "mean_context": image_metrics(f"{prefix}baseline/mean_context/"),
+                "copy_last_caption": caption_metrics(f"{prefix}baseline/copy_last_caption/", vocab_size),
+                "ae_ceiling": image_metrics(f"{prefix}ae_ceiling/"),
+            }
+        )
+
+    def train(self, mode: bool = True) -> MultimodalStoryModule:
+        """A frozen autoencoder stays in eval mode, so BatchNorm statistics never drift."""
+        super().train(mode)
+        if self.hparams.freeze_ae:
+            self.autoencoder.eval()
+        return self
+
+    def load_autoencoder(self, state: dict[str, torch.Tensor]) -> None:
+        self.autoencoder.load_state_dict(state)
+        self._latent_tables.clear()
+
+    # ---- latents -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _latent_table(self, split: str) -> torch.Tensor | None:
+        """(N, Z) latents of every frame of `split`, computed once with the frozen encoder."""
+        if not (self.hparams.freeze_ae and self.hparams.cache_latents):
+            return None
+        if split not in self._latent_tables:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            frames = getattr(datamodule, "frames", {}).get(split)
+            if frames is None:
+                return None
+            chunks = []
+            for i in tqdm(range(0, len(frames), 1024), desc=f"encoding {split} frames", leave=False):
+                chunks.append(self.autoencoder.encode(to_unit(frames[i : i + 1024].to(self.device))).float())
+            self._latent_tables[split] = torch.cat(chunks)
+        return self._latent_tables[split]
+
+    def latents(self, batch: Batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context latents (B, K, Z) and target latent (B, Z), from the cache or by encoding."""
+        table = self._latent_table(split)
+        if table is not None:
+            z = table[batch["frame_index"].to(table.device)]  # (B, K + 1, Z)
+            return z[:, :-1], z[:, -1]
+        b, k = batch["context_frames"].shape[:2]
+        frames = torch.cat([batch["context_frames"].flatten(0, 1), batch["target_frame"]])  # (B*K + B, 3, H, W)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_ae):
+            z = self.autoencoder.encode(to_unit(frames)).float()
+        return z[: b * k].view(b, k, -1), z[b * k :].detach()
+
+    # ---- forward and steps -----------------------------------------------------------------------
+
+    def forward(self, batch: Batch, split: str = "predict") -> tuple[StoryEncoding, torch.Tensor]:
+        """Encode the context; return the encoding and the predicted next frame (B, 3, H, W)."""
+        z_context, _ = self.latents(batch, split)
+        enc = self.story.encode(z_context, batch["context_captions"], batch["context_lengths"])
+        return enc, self.autoencoder.decode(enc.latent).float()
+
+    def _step(self, batch: Batch, split: str) -> torch.Tensor:
+        z_context, z_target = self.latents(batch, split)
+        target = to_unit(batch["target_frame"])  # (B, 3, H, W)
+        caption = batch["target_caption"]  # (B, L)
+        enc = self.story.encode(z_context, batch["context_captions"], batch["context_lengths"])
+        logits = self.story.caption_logits(enc, caption).float()  # (B, L, V)
+        image = self.autoencoder.decode(enc.latent).float()
+        terms = {
+            "ce": F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID),
+            "img": F.l1_loss(image, target),
+            "lat": F.mse_loss(enc.latent.float(), z_target),
+        }
+        weights = self.hparams.loss_weights
+        loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+        on_step, bs = split == "train", len(target)
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_dict({f"{split}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True, batch_size=bs)
+        if split != "train":
+            self._update_metrics(split, batch, enc, logits, image, target, z_target)
+        return loss
+
+    @torch.no_grad()
+    def _update_metrics(self, split: str, batch: Batch, enc: StoryEncoding, logits: torch.Tensor,
+                        image: torch.Tensor, target: torch.Tensor, z_target: torch.Tensor) -> None:
+        m, bs = self.metrics[split], len(target)
+        reference = batch["target_caption"]
+        context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
+        update_images(m["image"], image, target)
+        m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
+        update_images(m["copy_last_frame"], context[:, -1], target)
+        update_images(m["mean_context"], context.mean(dim=1), target)
+        update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
+        reference_text = self.decode(reference)
+        generated = self.story.generate(enc)
+        update_captions(m["caption"], generated, reference, self.decode(generated), reference_text)
+        last = batch["context_captions"][:, -1]
+        update_captions(m["copy_last_caption"], last, reference, self.decode(last), reference_text)
+        self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
+        for key in ("image", "caption", "copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling"):
+            self.log_dict(m[key], on_epoch=True, batch_size=bs)
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        """(B, L) ids -> B caption strings."""
+        return [self.tokenizer.decode(row) for row in tokens.tolist()]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    @torch.no_grad()
+    def samples(self, batch: Batch) -> tuple[list[torch.Tensor], list[str]]:
+        """Image rows `context .. | target | prediction` and `reference / generated` caption lines."""
+        enc, image = self(batch, split="samples")
+        context = to_unit(batch["context_frames"])
+        target = to_unit(batch["target_frame"])
+        rows = [torch.cat([c, t[None], p[None].clamp(0, 1)]) for c, t, p in zip(context, target, image)]
+        generated = self.decode(self.story.generate(enc))
+        reference = self.decode(batch["target_caption"])
+        lines = [f"reference: {r}\ngenerated: {g}" for r, g in zip(reference, generated)]
+        return rows, lines

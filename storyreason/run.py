@@ -1,0 +1,69 @@
+"""Run one stage from a composed config: build data, module, callbacks, logger and trainer; fit; evaluate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from storyreason.checkpoints import autoencoder_state, resolve_ae_checkpoint
+from storyreason.data.datamodule import StoryDataModule
+from storyreason.report import print_table, write_json_atomic
+
+log = logging.getLogger(__name__)
+TRAIN_STAGES = ("pretrain_ae", "multimodal")
+
+
+def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningModule:
+    """The stage's LightningModule; stage 2 gets the train vocabulary and the stage-1 autoencoder."""
+    if cfg.stage.name == "pretrain_ae":
+        return instantiate(cfg.model, _convert_="all")
+    ae_path = resolve_ae_checkpoint(cfg.model.ae_ckpt, cfg.paths.root)
+    ae_state = autoencoder_state(ae_path, OmegaConf.to_container(cfg.model.autoencoder, resolve=True))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = instantiate(cfg.model, vocab=datamodule.tokenizer.vocab, ae_ckpt=str(ae_path), _convert_="all")
+    module.load_autoencoder(ae_state)
+    log.info("autoencoder from %s", ae_path)
+    return module
+
+
+def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: StoryDataModule) -> dict[str, float]:
+    """Metrics of the best checkpoint (the last weights if none was saved) on the whole val and test splits."""
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    ckpt_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    metrics: dict[str, float] = {}
+    for evaluate in (trainer.validate, trainer.test):
+        for result in evaluate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+    return metrics
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the configured stage, write metrics.json and return `cfg.optimized_metric`."""
+    if cfg.stage.name not in TRAIN_STAGES:
+        raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {TRAIN_STAGES}")
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    out = Path(cfg.paths.output_dir)
+    datamodule: StoryDataModule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, datamodule)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer.fit(module, datamodule=datamodule)
+    if trainer.is_global_zero and datamodule.tokenizer is not None:
+        datamodule.tokenizer.save(out / "vocab.json")
+    metrics = final_metrics(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        write_json_atomic(out / "metrics.json", metrics)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics)
+        print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out})")
+        log.info("metrics: %s", out / "metrics.json")
+    return metrics.get(cfg.optimized_metric)
