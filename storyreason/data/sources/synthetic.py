@@ -58,7 +58,7 @@ class SyntheticWorld:
         seed: int = 0,
         max_objects: int = 3,
         radius: tuple[int, int] = (10, 14),
-        speed: tuple[float, float] = (4.0, 7.0),
+        speed: tuple[float, float] = (5.0, 8.0),
         p_appear: float = 0.04,
         p_leave: float = 0.02,
         p_recolour: float = 0.03,

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real Hydra config, composed with tiny data and model sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+TINY = [
+    "data.source.num_stories={train:24,val:6,test:6}",
+    "data.source.story_length=6",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "data.max_caption_len=24",
+    "model.autoencoder.channels=[8,16,16]",
+    "model.autoencoder.latent_dim=64",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+TINY_STORY = [
+    "model.story.embed_dim=16",
+    "model.story.text_dim=16",
+    "model.story.fusion_dim=32",
+    "model.story.state_dim=32",
+    "model.story.decoder_dim=32",
+    "model.story.heads=2",
+]
+
+
+def compose_config(root: Path, stage: str, overrides: list[str] = (), run_name: str | None = None) -> DictConfig:
+    """Compose conf/config.yaml as train.py would, with tiny sizes and everything under `root`."""
+    GlobalHydra.instance().clear()
+    extra = TINY_STORY if stage == "multimodal" else []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"stage={stage}", f"paths.root={root}", *TINY, *extra, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / stage / (run_name or "run"))
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    _save_hydra_config(cfg)
+    return cfg
+
+
+def _save_hydra_config(cfg: DictConfig) -> None:
+    """What Hydra writes into a run's .hydra/ (the stage lookup of model.ae_ckpt=auto reads it)."""
+    from omegaconf import OmegaConf
+
+    hydra_dir = Path(cfg.paths.output_dir) / ".hydra"
+    hydra_dir.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+
+
+def read_metrics(cfg: DictConfig) -> dict[str, float]:
+    return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny stage-1 run (root folder), shared by the stage-2 tests."""
+    from storyreason.run import train
+
+    root = tmp_path_factory.mktemp("runs")
+    train(compose_config(root, "pretrain_ae"))
+    return root
