@@ -3,12 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from storyreason.run import train
+from storyreason.run import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from storyreason.data.datamodule import StoryDataModule
 from storyreason.report import print_table, write_json_atomic
 
 log = logging.getLogger(__name__)
-TRAIN_STAGES = ("pretrain_ae", "multimodal")
 
 
 def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningModule:
@@ -46,8 +45,6 @@ def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: Sto
 
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured stage, write metrics.json and return `cfg.optimized_metric`."""
-    if cfg.stage.name not in TRAIN_STAGES:
-        raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {TRAIN_STAGES}")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     out = Path(cfg.paths.output_dir)
@@ -67,3 +64,13 @@ def train(cfg: DictConfig) -> float | None:
         print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out})")
         log.info("metrics: %s", out / "metrics.json")
     return metrics.get(cfg.optimized_metric)
+
+
+STAGES = {"pretrain_ae": train, "multimodal": train}
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run the stage named by `stage.name` (selected with `stage=...`)."""
+    if cfg.stage.name not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
+    return STAGES[cfg.stage.name](cfg)

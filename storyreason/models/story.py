@@ -5,7 +5,7 @@ Data flows top to bottom:
   -> CaptionEncoder           per caption: token states (B*K, L, T), summary (B*K, T)
   -> CrossModalFusion         per frame: image attends to its caption, concat + FC -> (B, K, D)
   -> story GRU                over the K frames -> story state (B, S)
-  -> latent head              next latent = last latent + residual (B, Z)
+  -> LatentHead               next latent = last latent + CNN residual over the latent maps (B, Z)
   -> CaptionDecoder           GRU + linear head, reads the state and attends to the last caption
 """
 
@@ -36,6 +36,34 @@ class CrossModalFusion(nn.Module):
         keys = self.text_proj(states)  # (N, L, D)
         attended, _ = self.attention(image[:, None], keys, keys, key_padding_mask=pad, need_weights=False)
         return self.fc(torch.cat([image, self.text_proj(summary), attended[:, 0]], dim=-1))
+
+
+class LatentHead(nn.Module):
+    """Next latent = last latent + a residual from a small CNN over the last two latent maps.
+
+    The autoencoder's latent is a (C, g, g) map, so motion is a local shift: convolutions over the
+    last two maps see position and velocity, and the broadcast story state adds what the captions
+    and earlier frames tell.
+    """
+
+    def __init__(self, latent_shape: tuple[int, int, int], state_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.shape = tuple(latent_shape)
+        channels = self.shape[0]
+        self.state_proj = nn.Linear(state_dim, hidden)
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * channels + hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 3, padding=1),
+        )
+
+    def forward(self, latents: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """latents (B, K, Z), state (B, S) -> next latent (B, Z)."""
+        b, k, _ = latents.shape
+        last = latents[:, -1].view(b, *self.shape)
+        previous = latents[:, -2].view(b, *self.shape) if k > 1 else last
+        s = self.state_proj(state)[:, :, None, None].expand(-1, -1, *self.shape[1:])
+        return latents[:, -1] + self.net(torch.cat([last, previous, s], dim=1)).flatten(1)
 
 
 class CaptionDecoder(nn.Module):
@@ -95,7 +123,7 @@ class StoryModel(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        latent_dim: int = 384,
+        latent_shape: tuple[int, int, int] = (6, 8, 8),
         max_caption_len: int = 32,
         embed_dim: int = 64,
         text_dim: int = 128,
@@ -103,15 +131,15 @@ class StoryModel(nn.Module):
         state_dim: int = 256,
         decoder_dim: int = 256,
         heads: int = 4,
+        latent_hidden: int = 64,
     ) -> None:
         super().__init__()
         self.max_caption_len = max_caption_len
+        latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
         self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
-        self.latent_head = nn.Sequential(
-            nn.Linear(state_dim + latent_dim, state_dim), nn.ReLU(inplace=True), nn.Linear(state_dim, latent_dim)
-        )
+        self.latent_head = LatentHead(latent_shape, state_dim, latent_hidden)
         self.caption = CaptionDecoder(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1)
 
     def encode(self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> StoryEncoding:
@@ -122,8 +150,7 @@ class StoryModel(nn.Module):
         fused = self.fusion(latents.flatten(0, 1), states, summary, pad).view(b, k, -1)  # (B, K, D)
         _, hidden = self.story(fused)
         state = hidden[-1]  # (B, S)
-        last = latents[:, -1]
-        latent = last + self.latent_head(torch.cat([state, last], dim=-1))
+        latent = self.latent_head(latents, state)
         memory = self.caption.memory(states.view(b, k, length, -1)[:, -1], captions[:, -1])
         return StoryEncoding(state, latent, memory, pad.view(b, k, length)[:, -1])
 

@@ -52,7 +52,8 @@ class MultimodalStoryModule(StageModule):
         self.hparams.loss_weights = loss_weights
         self.tokenizer = CaptionTokenizer(vocab)
         self.autoencoder = ConvAutoencoder(**autoencoder)
-        self.story = StoryModel(len(vocab), self.autoencoder.latent_dim, max_caption_len, **story)
+        latent_shape = (self.autoencoder.latent_channels, self.autoencoder.grid, self.autoencoder.grid)
+        self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
         if freeze_ae:
             self.autoencoder.requires_grad_(False)
         self._latent_tables: dict[str, torch.Tensor] = {}

@@ -1,0 +1,33 @@
+# storyreason: `make demo` (train both stages on the built-in world) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision pinned to the pair that installs and imports together on these machines;
+# pyproject keeps ranges (torch>=2.4,<2.15) for other machines.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m storyreason.demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf outputs/pretrain_ae outputs/multimodal outputs/multirun outputs/cache
