@@ -3,7 +3,8 @@
 A source is decoded once into uint8 arrays on disk, keyed by a hash of the source and every
 preprocessing setting (`source.cache_key()`), so a changed setting is a new key and never a stale
 hit. A cache entry is built in a private temporary folder and renamed into place in one atomic
-step: a crashed or concurrent build never leaves a folder that a later run would trust.
+step: a crashed or concurrent build never leaves a folder that a later run would trust. Sources
+read from files put `file_fingerprint` of their input in the key, so edited input is a new key too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from storyreason.data.errors import DataError
 from storyreason.data.stories import SPLITS, StorySplit
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,23 @@ class StorySource(Protocol):
 
 def cache_path(source: StorySource, cache_dir: str | Path) -> Path:
     """Folder of the cache entry for `source` (it may not exist yet)."""
-    key = source.cache_key()
+    return _entry_path(source.cache_key(), cache_dir)
+
+
+def _entry_path(key: dict, cache_dir: str | Path) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{key['source']}-{digest}"
+
+
+def file_fingerprint(root: Path, files: Iterable[Path]) -> dict:
+    """Identity of input files for a cache key: the root, the file count and a hash of every path, size and mtime."""
+    digest = hashlib.sha256()
+    count = 0
+    for file in sorted(files):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        count += 1
+    return {"path": str(root), "files": count, "sha256": digest.hexdigest()}
 
 
 def is_cached(source: StorySource, cache_dir: str | Path) -> bool:
@@ -46,14 +63,16 @@ def is_cached(source: StorySource, cache_dir: str | Path) -> bool:
 
 def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
     """Decode `source` into the cache unless an entry for its key exists; return the entry's folder."""
-    path = cache_path(source, cache_dir)
+    key = source.cache_key()
+    path = _entry_path(key, cache_dir)
     if (path / _META).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         splits = source.load()
-        meta = {"key": source.cache_key(), "splits": {}}
+        _check_not_empty(splits, key["source"])
+        meta = {"key": key, "splits": {}}
         for split in SPLITS:
             data = splits[split]
             np.save(tmp / f"{split}.frames.npy", data.frames)
@@ -61,6 +80,7 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
                 "offsets": data.offsets.tolist(),
                 "captions": data.captions,
                 "story_ids": data.story_ids,
+                "skipped": data.skipped,
             }
         with open(tmp / _META, "w") as f:
             json.dump(meta, f)
@@ -73,6 +93,15 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _check_not_empty(splits: dict[str, StorySplit], source: str) -> None:
+    """An empty split is an empty dataset for training or evaluation: refuse it before anything is cached."""
+    for split in SPLITS:
+        data = splits[split]
+        if data.num_stories == 0:
+            skipped = f"; all {len(data.skipped)} skipped, first: {data.skipped[0]}" if data.skipped else ""
+            raise DataError(f"{source}: the {split} split has no usable stories{skipped}")
 
 
 def load_cache(path: str | Path) -> dict[str, StorySplit]:
@@ -88,5 +117,6 @@ def load_cache(path: str | Path) -> dict[str, StorySplit]:
             offsets=np.asarray(info["offsets"], np.int64),
             captions=info["captions"],
             story_ids=info["story_ids"],
+            skipped=info.get("skipped", []),
         )
     return splits

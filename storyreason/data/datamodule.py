@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from storyreason.data.cache import StorySource, build_cache, cache_path, load_cache
+from storyreason.data.errors import DataError
 from storyreason.data.stories import SPLITS, StorySplit
 from storyreason.data.tokenizer import CaptionTokenizer
 from storyreason.data.windows import FrameDataset, WindowDataset, collate_batch, window_index
@@ -22,6 +25,9 @@ class StoryDataModule(L.LightningDataModule):
 
     Frames stay uint8 tensors in memory; models scale them to [0, 1] on the batch. The caption
     tokenizer is built on the train split, or restored from `vocab` (a checkpoint's vocabulary).
+    `path` and `skip_bad` are the input settings of the file-based sources, kept at data level so
+    the command line reads `data.path=...`; their configs interpolate them into `source:`. Stories
+    the source skipped are listed in `report_dir/skipped_stories.json` (the run directory).
     """
 
     def __init__(
@@ -38,6 +44,9 @@ class StoryDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         vocab: list[str] | None = None,
+        path: str | None = None,
+        skip_bad: bool = False,
+        report_dir: str | None = None,
     ) -> None:
         super().__init__()
         if item not in ("frames", "windows"):
@@ -57,6 +66,8 @@ class StoryDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.tokenizer = CaptionTokenizer(vocab) if vocab else None
+        self.path, self.skip_bad = path, skip_bad
+        self.report_dir = report_dir
         self.splits: dict[str, StorySplit] = {}
         self.frames: dict[str, torch.Tensor] = {}
         self.datasets: dict[str, Dataset] = {}
@@ -69,6 +80,7 @@ class StoryDataModule(L.LightningDataModule):
         if self.datasets:
             return
         self.splits = load_cache(cache_path(self.source, self.cache_dir))
+        self._report_skipped()
         if self.tokenizer is None:
             self.tokenizer = CaptionTokenizer.build(self.splits["train"].captions)
         for split in SPLITS:
@@ -83,18 +95,38 @@ class StoryDataModule(L.LightningDataModule):
                 self.datasets[split] = FrameDataset(frames)
                 continue
             tokens, lengths = self.tokenizer.encode_batch(data.captions, self.max_caption_len)
+            truncated = sum(len(c.split()) >= self.max_caption_len for c in data.captions)
+            log.info("%s: %.1f%% of %d captions truncated to data.max_caption_len=%d tokens",
+                     split, 100 * truncated / max(len(data.captions), 1), len(data.captions), self.max_caption_len)
             windows = window_index(data.offsets, self.context, self.stride)
             short = int((data.story_lengths <= self.context).sum())
             if short:
                 log.warning("%s: skipped %d of %d stories shorter than data.context + 1 = %d frames",
                             split, short, data.num_stories, self.context + 1)
             self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(windows))
-        if len(self.datasets["train"]) == 0:
-            longest = int(self.splits["train"].story_lengths.max(initial=0))
-            raise ValueError(
-                f"no training {self.item}: data.context={self.context} needs stories of at least "
-                f"{self.context + 1} frames, the longest train story has {longest}"
+        self._require_items("train")
+
+    def _require_items(self, split: str) -> None:
+        """An error when short stories left `split` without a single window."""
+        if len(self.datasets[split]) == 0:
+            longest = int(self.splits[split].story_lengths.max(initial=0))
+            raise DataError(
+                f"no {split} {self.item}: data.context={self.context} needs stories of at least "
+                f"{self.context + 1} frames, the longest {split} story has {longest}"
             )
+
+    def _report_skipped(self) -> None:
+        """Log how many stories the source left out and list them in the run directory."""
+        skipped = {split: self.splits[split].skipped for split in SPLITS if self.splits[split].skipped}
+        if not skipped:
+            return
+        log.warning("the source skipped %s stories (%s)", sum(map(len, skipped.values())),
+                    ", ".join(f"{split}: {len(items)}" for split, items in skipped.items()))
+        if self.report_dir is not None and (self.trainer is None or self.trainer.is_global_zero):
+            report = Path(self.report_dir) / "skipped_stories.json"
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(skipped, indent=1))
+            log.warning("skipped stories listed in %s", report)
 
     def story_ids(self, split: str) -> list[str]:
         """Story id of every window (or frame) of `split`, in dataset order."""
@@ -105,6 +137,7 @@ class StoryDataModule(L.LightningDataModule):
         return [data.story_ids[s] for s in owner[self.datasets[split].windows[:, -1].numpy()]]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self._require_items(split)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from storyreason.data.errors import StoryProblems
+from storyreason.data.images import ImageInput, decode_frames
 
 SPLITS = ("train", "val", "test")
 
@@ -17,12 +21,14 @@ class StorySplit:
     offsets:   (S + 1,) int64, story s owns frames[offsets[s]:offsets[s + 1]]
     captions:  N strings, one per frame
     story_ids: S strings
+    skipped:   stories of this split the source left out, each {"story_id", "reason"}
     """
 
     frames: np.ndarray
     offsets: np.ndarray
     captions: list[str]
     story_ids: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[1] != 3:
@@ -41,7 +47,9 @@ class StorySplit:
         return np.diff(self.offsets)
 
     @classmethod
-    def from_stories(cls, stories: list[tuple[str, np.ndarray, list[str]]], image_size: int) -> StorySplit:
+    def from_stories(
+        cls, stories: list[tuple[str, np.ndarray, list[str]]], image_size: int, skipped: Sequence[dict[str, str]] = ()
+    ) -> StorySplit:
         """Stack `(story_id, frames (T, 3, H, W) uint8, captions)` triples into one split."""
         lengths = [len(frames) for _, frames, _ in stories]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -51,4 +59,52 @@ class StorySplit:
             else np.zeros((0, 3, image_size, image_size), np.uint8)
         )
         captions = [c for _, _, caps in stories for c in caps]
-        return cls(frames, offsets, captions, [sid for sid, _, _ in stories])
+        return cls(frames, offsets, captions, [sid for sid, _, _ in stories], list(skipped))
+
+
+@dataclass
+class RawStory:
+    """A story before decoding, as a file-based source lists it.
+
+    images:   its frames in order, encoded (files or bytes); may be a lazy sequence
+    captions: one per frame
+    names:    how messages name each frame (a file path, or the story and frame number)
+    """
+
+    story_id: str
+    split: str
+    images: Sequence[ImageInput]
+    captions: list[str]
+    names: list[str]
+
+
+def decode_stories(
+    stories: list[RawStory], problems: StoryProblems, image_size: int, resize: str, workers: int | None = None
+) -> dict[str, StorySplit]:
+    """Decode every frame of `stories` once, in parallel, and stack them into the three splits.
+
+    A story with an image that does not decode goes to `problems`: an error naming the file, or
+    a skip with `skip_bad`.
+    """
+    offsets = np.concatenate([[0], np.cumsum([len(story.images) for story in stories])]).astype(np.int64)
+    frames, errors = decode_frames(
+        (image for story in stories for image in story.images),
+        int(offsets[-1]),
+        image_size,
+        resize,
+        workers=workers,
+        fail_fast=not problems.skip_bad,
+        desc=f"decoding {problems.source} frames",
+    )
+    first_error: dict[int, tuple[int, str]] = {}
+    for index, message in sorted(errors.items()):
+        owner = int(np.searchsorted(offsets, index, side="right")) - 1
+        first_error.setdefault(owner, (index - int(offsets[owner]), message))
+    kept: dict[str, list[tuple[str, np.ndarray, list[str]]]] = {split: [] for split in SPLITS}
+    for i, story in enumerate(stories):
+        if i in first_error:
+            frame, message = first_error[i]
+            problems.bad(story.split, story.story_id, f"cannot decode {story.names[frame]}: {message}")
+            continue
+        kept[story.split].append((story.story_id, frames[offsets[i] : offsets[i + 1]], story.captions))
+    return {split: StorySplit.from_stories(kept[split], image_size, problems.of(split)) for split in SPLITS}
