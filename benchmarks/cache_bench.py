@@ -50,7 +50,9 @@ def scene(rng: np.random.Generator, width: int = 1280, height: int = 720) -> np.
     return picture
 
 
-def still(picture: np.ndarray, shift: int, grain: np.ndarray, rng: np.random.Generator, quality: int, width: int = 1280) -> bytes:
+def still(
+    picture: np.ndarray, shift: int, grain: np.ndarray, rng: np.random.Generator, quality: int, width: int = 1280
+) -> bytes:
     """One 1280x720 JPEG of `picture` panned by `shift` pixels, with film grain cut from `grain`."""
     offset = int(rng.integers(grain.shape[1] - width))
     frame = picture[:, shift : shift + width] + grain[:, offset : offset + width]
@@ -145,7 +147,8 @@ def main() -> None:
         snapshot = workdir / "snapshot"
         start = time.perf_counter()
         jpeg_bytes = write_snapshot(snapshot, args.frames, args.quality)
-        print(f"wrote {args.frames} frames of 1280x720 JPEG, quality {args.quality} ({jpeg_bytes / args.frames / 1e3:.0f} kB each) "
+        print(f"wrote {args.frames} frames of 1280x720 JPEG, quality {args.quality} "
+              f"({jpeg_bytes / args.frames / 1e3:.0f} kB each) "
               f"in {time.perf_counter() - start:.1f} s")
         source = StoryReasoning(path=str(snapshot), val_fraction=0.1, decode_workers=args.workers,
                                 hf_cache_dir=str(workdir / "hf"))

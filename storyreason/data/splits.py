@@ -9,7 +9,9 @@ import numpy as np
 from storyreason.data.errors import DataError
 
 
-def split_stories(story_ids: Sequence[str], fractions: Mapping[str, float], seed: int, rest: str = "train") -> dict[str, list[str]]:
+def split_stories(
+    story_ids: Sequence[str], fractions: Mapping[str, float], seed: int, rest: str = "train"
+) -> dict[str, list[str]]:
     """Assign each story to a split: `fractions[s]` of the stories (at least one) to split s, the rest to `rest`.
 
     The draw depends only on `seed` and the set of ids, not on their order; each split keeps the

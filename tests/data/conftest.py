@@ -50,7 +50,9 @@ def story_row(story_id: str, frames: int, index: int, fmt: str = "JPEG") -> dict
     }
 
 
-def write_snapshot(root: Path, train: int = 8, test: int = 3, frames: int = 6, rows: dict[str, list[dict]] | None = None) -> Path:
+def write_snapshot(
+    root: Path, train: int = 8, test: int = 3, frames: int = 6, rows: dict[str, list[dict]] | None = None
+) -> Path:
     """A hub-snapshot folder: root/data/{train,test}-00000-of-00001.parquet. `rows` overrides the generated rows."""
     rows = rows or {
         "train": [story_row(f"{100 + i}", frames, i) for i in range(train)],

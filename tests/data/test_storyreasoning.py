@@ -85,7 +85,9 @@ def test_misaligned_story_is_skipped_and_counted(tmp_path: Path) -> None:
     assert "103" not in splits["train"].story_ids + splits["val"].story_ids
 
 
-def test_second_load_hits_the_cache_and_decodes_nothing(snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_load_hits_the_cache_and_decodes_nothing(
+    snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build_cache(source(snapshot, tmp_path), tmp_path / "cache")
 
     def no_decoding(*args, **kwargs):
@@ -182,7 +184,9 @@ def test_truncated_image_is_refused(snapshot: Path, tmp_path: Path) -> None:
 def test_skip_bad_skips_and_lists_the_story_in_the_run_directory(snapshot: Path, tmp_path: Path) -> None:
     corrupt(snapshot, "train", 3, 1, b"junk")
     run = tmp_path / "run"
-    data = StoryDataModule(source(snapshot, tmp_path, skip_bad=True), item="frames", cache_dir=str(tmp_path / "cache"), report_dir=str(run))
+    data = StoryDataModule(
+        source(snapshot, tmp_path, skip_bad=True), item="frames", cache_dir=str(tmp_path / "cache"), report_dir=str(run)
+    )
     data.prepare_data()
     data.setup("fit")
     assert "103" not in data.splits["train"].story_ids + data.splits["val"].story_ids

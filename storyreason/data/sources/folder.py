@@ -85,7 +85,8 @@ class StoryFolder:
         split_of = {story: split for split, ids in drawn.items() for story in ids}
         problems = StoryProblems("folder", self.skip_bad)
         stories = [story for sid in ordered if (story := self._story(sid, split_of[sid], problems)) is not None]
-        log.info("folder: %d stories, %d frames to decode from %s", len(stories), sum(len(s.images) for s in stories), self.path)
+        log.info("folder: %d stories, %d frames to decode from %s",
+                 len(stories), sum(len(s.images) for s in stories), self.path)
         return decode_stories(stories, problems, self.image_size, self.resize, self.decode_workers)
 
     def _story(self, story_id: str, split: str, problems: StoryProblems) -> RawStory | None:
@@ -94,10 +95,7 @@ class StoryFolder:
         if not story_dir.is_dir():
             problems.bad(split, story_id, f"no image folder {story_dir}")
             return None
-        frames = sorted(
-            (f for f in story_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
-            key=natural_key,
-        )
+        frames = frame_files(story_dir)
         if not frames:
             problems.bad(split, story_id, f"no image files in {story_dir}")
             return None
@@ -110,6 +108,12 @@ class StoryFolder:
             problems.bad(split, story_id, f"{caption_file} has {len(texts)} captions for {len(frames)} frames in {story_dir}")
             return None
         return RawStory(story_id, split, frames, texts, [str(f) for f in frames])
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image files of a story folder in natural order; hidden files and other suffixes are ignored."""
+    files = [f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+    return sorted((f for f in files if f.is_file()), key=natural_key)
 
 
 def natural_key(name: str | Path) -> list[int | str]:

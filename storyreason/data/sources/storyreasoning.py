@@ -118,7 +118,9 @@ class StoryReasoning:
         for split, table in tables.items():
             twice = [story for story, n in Counter(table["story_id"].to_pylist()).items() if n > 1]
             if twice:
-                raise DataError(f"storyreasoning: story_id {twice[0]!r} appears more than once in the {split} split of {self._where}")
+                raise DataError(
+                    f"storyreasoning: story_id {twice[0]!r} appears more than once in the {split} split of {self._where}"
+                )
         drawn = split_stories(train_ids, {"val": self.val_fraction}, self.seed)
         split_of = {story: split for split, stories in drawn.items() for story in stories}
         problems = StoryProblems("storyreasoning", self.skip_bad)
