@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process made a
+# tiny stage-2 run 15x slower (70 s instead of 5 s); one thread also keeps the results bit-stable.
+torch.set_num_threads(1)
 
 TINY = [
     "data.source.num_stories={train:24,val:6,test:6}",
@@ -31,6 +36,7 @@ TINY_STORY = [
     "model.story.state_dim=32",
     "model.story.decoder_dim=32",
     "model.story.heads=2",
+    "model.story.latent_hidden=8",
 ]
 
 
@@ -57,6 +63,7 @@ def _save_hydra_config(cfg: DictConfig) -> None:
 
 
 def read_metrics(cfg: DictConfig) -> dict[str, float]:
+    """The flat metrics.json of a finished run."""
     return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
@@ -68,3 +75,22 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     train(compose_config(root, "pretrain_ae"))
     return root
+
+
+@pytest.fixture(scope="session")
+def story_run(ae_run: Path) -> Path:
+    """A finished tiny stage-2 run (its run directory) over `ae_run`'s autoencoder, found by model.ae_ckpt=auto."""
+    from storyreason.run import train
+
+    cfg = compose_config(ae_run, "multimodal", run_name="story")
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def scalars(run_dir: Path, tag: str) -> list[float]:
+    """Values of one TensorBoard scalar of a run, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step)]

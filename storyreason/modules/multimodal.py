@@ -54,8 +54,8 @@ class MultimodalStoryModule(StageModule):
         self.autoencoder = ConvAutoencoder(**autoencoder)
         latent_shape = (self.autoencoder.latent_channels, self.autoencoder.grid, self.autoencoder.grid)
         self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
-        if freeze_ae:
-            self.autoencoder.requires_grad_(False)
+        if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
+            self.autoencoder.requires_grad_(False).eval()
         self._latent_tables: dict[str, torch.Tensor] = {}
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 

@@ -1,0 +1,102 @@
+"""The LightningDataModule built from the real Hydra config: windows, splits, batches, tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from storyreason.data.datamodule import StoryDataModule
+from storyreason.data.stories import SPLITS
+from storyreason.data.tokenizer import CaptionTokenizer
+from tests.conftest import compose_config
+
+
+def datamodule(root: Path, stage: str = "multimodal", overrides: list[str] = ()) -> StoryDataModule:
+    """The configured datamodule after prepare_data and setup."""
+    dm = instantiate(compose_config(root, stage, overrides).data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory: pytest.TempPathFactory) -> StoryDataModule:
+    """The stage-2 datamodule of the tiny world, shared by this file."""
+    return datamodule(tmp_path_factory.mktemp("dm"))
+
+
+def test_windows_never_cross_stories(windows: StoryDataModule) -> None:
+    for split in SPLITS:
+        data = windows.splits[split]
+        owner = np.repeat(np.arange(data.num_stories), data.story_lengths)
+        index = windows.datasets[split].windows.numpy()
+        assert len(index) > 0
+        assert (owner[index] == owner[index[:, :1]]).all()
+        assert (np.diff(index, axis=1) == 1).all()
+
+
+def test_splits_share_no_story(windows: StoryDataModule) -> None:
+    ids = {split: set(windows.story_ids(split)) for split in SPLITS}
+    assert ids["train"] and ids["val"] and ids["test"]
+    assert not ids["train"] & ids["val"]
+    assert not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+
+
+def test_train_batch_shapes(windows: StoryDataModule) -> None:
+    """Context (B, K, 3, 64, 64) uint8 frames and (B, K, L) captions; target (B, 3, 64, 64) and (B, L)."""
+    batch = next(iter(windows.train_dataloader()))
+    b, k, length = 16, 4, 24  # data.batch_size, data.context, data.max_caption_len of the tiny config
+    assert batch["context_frames"].shape == (b, k, 3, 64, 64)
+    assert batch["context_frames"].dtype == batch["target_frame"].dtype == torch.uint8
+    assert batch["context_captions"].shape == (b, k, length)
+    assert batch["context_lengths"].shape == (b, k)
+    assert batch["target_frame"].shape == (b, 3, 64, 64)
+    assert batch["target_caption"].shape == (b, length)
+    assert batch["target_length"].shape == (b,)
+
+
+def test_target_differs_from_the_last_context_frame(windows: StoryDataModule) -> None:
+    batch = windows.val_dataloader().dataset.__getitems__(list(range(len(windows.datasets["val"]))))
+    last, target = batch["context_frames"][:, -1].int(), batch["target_frame"].int()
+    assert ((last - target).abs().flatten(1).amax(dim=1) > 0).all()
+
+
+def test_tokenizer_is_built_on_the_train_split(windows: StoryDataModule) -> None:
+    assert windows.tokenizer.vocab == CaptionTokenizer.build(windows.splits["train"].captions).vocab
+
+
+def test_a_given_vocabulary_is_used_instead_of_a_new_one(windows: StoryDataModule, tmp_path: Path) -> None:
+    """A checkpoint's vocabulary is restored as is, whatever the train split would give."""
+    specials, words = windows.tokenizer.vocab[:4], windows.tokenizer.vocab[4:]
+    vocab = specials + words[::-1]
+    cfg = compose_config(tmp_path, "multimodal", [f"paths.cache={windows.cache_dir}"])
+    dm = instantiate(cfg.data, vocab=vocab, _convert_="all")
+    dm.setup("fit")
+    assert dm.tokenizer.vocab == vocab
+    first = windows.splits["train"].captions[0]
+    assert dm.datasets["train"].tokens[0].tolist()[: len(first.split())] == [vocab.index(w) for w in first.split()]
+
+
+def test_context_and_stride_from_the_config(tmp_path: Path) -> None:
+    """Stories of 6 frames with context 2 and stride 3: windows start at frames 0 and 3 of each story."""
+    dm = datamodule(tmp_path, overrides=["data.context=2", "data.stride=3"])
+    index = dm.datasets["train"].windows.numpy()
+    assert index.shape == (24 * 2, 3)
+    assert sorted(set((index[:, 0] % 6).tolist())) == [0, 3]
+
+
+def test_stories_shorter_than_context_plus_one_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs stories of at least 7 frames"):
+        datamodule(tmp_path, overrides=["data.context=6"])
+
+
+def test_stage1_serves_every_train_frame(tmp_path: Path) -> None:
+    dm = datamodule(tmp_path, stage="pretrain_ae")
+    assert len(dm.datasets["train"]) == 24 * 6
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["frames"].shape == (16, 3, 64, 64)

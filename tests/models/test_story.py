@@ -1,0 +1,95 @@
+"""The story model: teacher forcing never sees the token it predicts; greedy decoding matches it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from storyreason.data.tokenizer import EOS_ID, PAD_ID
+from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
+
+B, K, L, Z, V = 3, 4, 10, 64, 20  # Z = 1 x 8 x 8
+
+
+@pytest.fixture
+def model() -> StoryModel:
+    """A tiny seeded story model in eval mode."""
+    torch.manual_seed(0)
+    return StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
+                      state_dim=32, decoder_dim=32, heads=2, latent_hidden=8).eval()
+
+
+def context(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents (B, K, Z), captions (B, K, L) of words then <eos> then <pad>, lengths (B, K)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, L + 1, (B, K), generator=g)
+    captions = torch.randint(4, V, (B, K, L), generator=g)
+    position = torch.arange(L)
+    captions[position == (lengths - 1)[..., None]] = EOS_ID
+    captions[position >= lengths[..., None]] = PAD_ID
+    return torch.randn(B, K, Z, generator=g), captions, lengths
+
+
+def target(seed: int = 2) -> torch.Tensor:
+    """(B, L) target captions `w1 .. wn <eos>` padded."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, V, (B, L), generator=g)
+    tokens[:, 7] = EOS_ID
+    tokens[:, 8:] = PAD_ID
+    return tokens
+
+
+@torch.no_grad()
+def encode(model: StoryModel) -> StoryEncoding:
+    """The encoding of the default context."""
+    return model.encode(*context())
+
+
+@pytest.mark.parametrize("t", [0, 3, 7])
+@torch.no_grad()
+def test_changing_target_token_t_leaves_positions_up_to_t_unchanged(model: StoryModel, t: int) -> None:
+    """Position t predicts token t from tokens < t: no later token leaks into it."""
+    enc, caption = encode(model), target()
+    logits = model.caption_logits(enc, caption)
+    changed = caption.clone()
+    changed[:, t] = (caption[:, t] - 4 + 1) % (V - 4) + 4  # another word at position t, in every row
+    logits_changed = model.caption_logits(enc, changed)
+    assert logits.shape == (B, L, V)
+    torch.testing.assert_close(logits_changed[:, : t + 1], logits[:, : t + 1], rtol=0, atol=1e-6)
+    assert (logits_changed[:, t + 1 :] - logits[:, t + 1 :]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_teacher_forcing_input_is_the_shifted_target(model: StoryModel) -> None:
+    """Position 0 sees only <bos>: its logits do not depend on the target at all."""
+    enc = encode(model)
+    first = model.caption_logits(enc, target(2))[:, 0]
+    other = model.caption_logits(enc, target(3))[:, 0]
+    torch.testing.assert_close(first, other, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_greedy_decoding_is_the_argmax_of_teacher_forcing_on_its_own_output(model: StoryModel) -> None:
+    """Step-by-step generation (carried GRU state, positions) equals the full-sequence forward pass."""
+    enc = encode(model)
+    generated = model.generate(enc)
+    assert generated.shape == (B, L)
+    forced = model.caption_logits(enc, generated).argmax(-1)
+    for row, forced_row in zip(generated.tolist(), forced.tolist()):
+        n = row.index(EOS_ID) + 1 if EOS_ID in row else L
+        assert forced_row[:n] == row[:n]
+
+
+@torch.no_grad()
+def test_context_changes_the_prediction(model: StoryModel) -> None:
+    """The encoding depends on the context latents and captions (the model reads its input)."""
+    a, b = model.encode(*context(1)), model.encode(*context(5))
+    assert a.latent.shape == (B, Z)
+    assert (a.latent - b.latent).abs().max() > 1e-4
+    assert (a.state - b.state).abs().max() > 1e-4
+
+
+def test_mask_after_eos() -> None:
+    tokens = torch.tensor([[5, EOS_ID, 6, EOS_ID], [5, 6, 7, 8], [EOS_ID, 5, 6, 7]])
+    expected = [[5, EOS_ID, PAD_ID, PAD_ID], [5, 6, 7, 8], [EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
+    assert mask_after_eos(tokens).tolist() == expected

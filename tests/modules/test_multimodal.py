@@ -1,0 +1,115 @@
+"""Stage 2 module: a frozen autoencoder never changes, and cached latents give the same loss as encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from storyreason.checkpoints import autoencoder_state
+from storyreason.modules.multimodal import MultimodalStoryModule
+from storyreason.run import build_module
+from tests.conftest import compose_config
+
+
+class ModeProbe(L.Callback):
+    """Records, around every training step, whether the story model and any autoencoder layer are in training mode."""
+
+    def __init__(self) -> None:
+        self.modes: list[tuple[bool, bool]] = []
+
+    def _record(self, module: MultimodalStoryModule) -> None:
+        """Append (story training, any autoencoder layer training)."""
+        self.modes.append((module.story.training, any(m.training for m in module.autoencoder.modules())))
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._record(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._record(pl_module)
+
+
+class FirstLoss(L.Callback):
+    """Keeps the loss and the frame indices of the first training batch."""
+
+    def __init__(self) -> None:
+        self.loss: float | None = None
+        self.frame_index: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.loss is None:
+            self.loss = float(outputs["loss"])
+            self.frame_index = batch["frame_index"].clone()
+
+
+def ae_checkpoint(ae_run: Path) -> Path:
+    """The stage-1 best checkpoint of the shared tiny run."""
+    return ae_run / "pretrain_ae" / "run" / "checkpoints" / "best.ckpt"
+
+
+def fit(
+    root: Path, ae_run: Path, overrides: list[str], callback: L.Callback, **trainer: Any
+) -> tuple[MultimodalStoryModule, dict[str, torch.Tensor]]:
+    """Build the stage-2 module as train() does (seeded), fit it with `trainer` settings and no logger.
+
+    Returns the fitted module and its story-model weights from before the fit.
+    """
+    cfg = compose_config(root, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}", *overrides])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg, datamodule)
+    story_before = {k: v.clone() for k, v in module.story.state_dict().items()}
+    fitter = instantiate(cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False, **trainer)
+    fitter.fit(module, datamodule=datamodule)
+    return module, story_before
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors that differ."""
+    assert before.keys() == after.keys()
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+@pytest.mark.parametrize("cache_latents", [True, False])
+def test_frozen_autoencoder_stays_in_eval_mode_and_unchanged(ae_run: Path, tmp_path: Path, cache_latents: bool) -> None:
+    """Two epochs with validation between them: weights and BatchNorm statistics stay stage 1's, eval mode each step."""
+    probe = ModeProbe()
+    module, story_before = fit(tmp_path, ae_run, [f"model.cache_latents={cache_latents}"], probe,
+                 max_epochs=2, limit_train_batches=2, limit_val_batches=1)
+    assert probe.modes == [(True, False)] * 8
+    stage1 = autoencoder_state(ae_checkpoint(ae_run), {})
+    assert any("running_mean" in k for k in stage1)
+    assert changed(stage1, module.autoencoder.state_dict()) == []
+    assert changed(story_before, module.story.state_dict()), "the story model did not train"
+
+
+def test_fine_tuned_autoencoder_trains(ae_run: Path, tmp_path: Path) -> None:
+    """With model.freeze_ae=false the same comparison sees the autoencoder change."""
+    probe = ModeProbe()
+    module, _ = fit(tmp_path, ae_run, ["model.freeze_ae=false"], probe, max_steps=2, limit_val_batches=0)
+    assert probe.modes == [(True, True)] * 4
+    assert changed(autoencoder_state(ae_checkpoint(ae_run), {}), module.autoencoder.state_dict())
+
+
+def test_cached_latents_give_the_same_first_loss(ae_run: Path, tmp_path: Path) -> None:
+    """model.cache_latents=true (encode every frame once) and false (encode every batch) agree on the first step."""
+    losses, batches = [], []
+    for cache_latents in (True, False):
+        first = FirstLoss()
+        module, _ = fit(tmp_path / str(cache_latents), ae_run, [f"model.cache_latents={cache_latents}"], first,
+                     max_steps=1, limit_val_batches=0)
+        assert ("train" in module._latent_tables) is cache_latents
+        losses.append(first.loss)
+        batches.append(first.frame_index)
+    assert torch.equal(batches[0], batches[1])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
