@@ -1,0 +1,81 @@
+"""Beam search: beam 1 is greedy, results are deterministic, a wide enough beam finds the best caption."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from storyreason.models.decoding import beam_search, decode_captions
+from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
+
+LATENT = (2, 2, 2)
+SIZES = dict(embed_dim=8, text_dim=8, fusion_dim=16, state_dim=16, decoder_dim=16, heads=2, latent_hidden=4)
+
+
+def encoding(vocab: int, max_len: int, batch: int = 5, seed: int = 0) -> tuple[StoryModel, StoryEncoding]:
+    """A random model and the encoding of a random 3-frame context."""
+    torch.manual_seed(seed)
+    model = StoryModel(vocab, LATENT, max_len, **SIZES).eval()
+    captions = torch.randint(4, vocab, (batch, 3, max_len))
+    lengths = torch.full((batch, 3), max_len)
+    with torch.no_grad():
+        return model, model.encode(torch.randn(batch, 3, 8), captions, lengths)
+
+
+def log_prob(model: StoryModel, enc: StoryEncoding, tokens: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability (B,) of captions (B, T) up to and including their first <eos>."""
+    inputs = torch.cat([torch.full_like(tokens[:, :1], BOS_ID), tokens[:, :-1]], dim=1)
+    with torch.no_grad():
+        logits, _ = model.caption(inputs, enc.state, enc.memory, enc.memory_pad)
+    token_lp = logits.double().log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+    ended = (tokens == EOS_ID).long().cumsum(dim=1) - (tokens == EOS_ID).long() > 0
+    return token_lp.masked_fill(ended, 0.0).sum(dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_size_one_is_greedy(seed: int) -> None:
+    model, enc = encoding(vocab=20, max_len=10, batch=16, seed=seed)
+    greedy = model.generate(enc)
+    assert torch.equal(beam_search(model, enc, beam_size=1), greedy)
+    assert torch.equal(decode_captions(model, enc, beam_size=1), greedy)
+
+
+def test_beam_search_is_deterministic_and_shaped_like_greedy() -> None:
+    model, enc = encoding(vocab=20, max_len=10)
+    first = beam_search(model, enc, beam_size=4, max_len=7)
+    assert torch.equal(first, beam_search(model, enc, beam_size=4, max_len=7))
+    assert first.shape == (5, 7)
+    assert torch.equal(first, mask_after_eos(first)), "ids after the first <eos> must be <pad>"
+
+
+def test_a_beam_as_wide_as_all_captions_finds_the_most_likely_one() -> None:
+    """With beam_size >= V ** T every caption of up to T tokens is kept, so the result is the exact optimum."""
+    vocab, max_len = 6, 3
+    model, enc = encoding(vocab=vocab, max_len=max_len, batch=3)
+    every = torch.tensor(list(itertools.product(range(vocab), repeat=max_len)))  # (V^T, T)
+    every = torch.unique(mask_after_eos(every), dim=0)
+    best = torch.stack([log_prob(model, _one(enc, i, len(every)), every).max() for i in range(3)])
+    found = beam_search(model, enc, beam_size=vocab**max_len)
+    assert torch.allclose(log_prob(model, enc, found), best, atol=1e-9)
+
+
+def _one(enc: StoryEncoding, i: int, n: int) -> StoryEncoding:
+    """Story i of `enc`, repeated n times."""
+    return StoryEncoding(*(t[i : i + 1].expand(n, *t.shape[1:]) for t in vars(enc).values()))
+
+
+def test_length_penalty_only_changes_the_final_pick() -> None:
+    model, enc = encoding(vocab=20, max_len=10)
+    plain = beam_search(model, enc, beam_size=4)
+    favoured = beam_search(model, enc, beam_size=4, length_penalty=2.0)
+    longer_or_same = (favoured != PAD_ID).sum(dim=1) >= (plain != PAD_ID).sum(dim=1)
+    assert bool(longer_or_same.all())
+
+
+def test_max_len_beyond_the_decoder_positions_is_refused() -> None:
+    model, enc = encoding(vocab=20, max_len=10)
+    with pytest.raises(ValueError, match="positions"):
+        beam_search(model, enc, beam_size=2, max_len=50)
