@@ -13,25 +13,52 @@ PREDICTORS = {
     "copy_last_caption": "baseline/copy_last_caption/",
     "ae_ceiling": "ae_ceiling/",
 }
-COLUMNS = ("image_l1", "image_psnr", "image_ssim", "token_acc", "gen_token_acc", "bleu")
-AE_COLUMNS = ("l1", "psnr", "ssim")
+# metric key (after `split/` and the predictor's infix) -> (label, whether higher is better)
+STORY_METRICS = {
+    "image_l1": ("image L1", False),
+    "image_mse": ("image MSE", False),
+    "image_psnr": ("image PSNR", True),
+    "image_ssim": ("image SSIM", True),
+    "token_acc": ("token acc (forced)", True),
+    "perplexity": ("perplexity (forced)", False),
+    "gen_token_acc": ("token acc (free)", True),
+    "bleu1": ("BLEU-1", True),
+    "bleu2": ("BLEU-2", True),
+    "bleu3": ("BLEU-3", True),
+    "bleu": ("BLEU-4", True),
+    "chrf": ("chrF", True),
+    "rougeL": ("ROUGE-L", True),
+}
+AE_METRICS = {"l1": ("L1", False), "mse": ("MSE", False), "psnr": ("PSNR", True), "ssim": ("SSIM", True)}
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def results_table(metrics: dict[str, float], split: str = "test") -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per predictor that has any metric on `split`, '-' where none applies."""
+    """Header and rows: one row per metric (its label says whether higher or lower is better), one
+    column per predictor that has any metric on `split`, '-' where a metric does not apply."""
     if f"{split}/l1" in metrics:  # stage 1
-        return ["", *AE_COLUMNS], [["autoencoder", *(f"{metrics[f'{split}/{c}']:.4f}" for c in AE_COLUMNS)]]
+        rows = [[f"{label} {'↑' if up else '↓'}", _cell(metrics[f"{split}/{key}"])]
+                for key, (label, up) in AE_METRICS.items() if f"{split}/{key}" in metrics]
+        return ["metric", "autoencoder"], rows
+    columns = {name: infix for name, infix in PREDICTORS.items()
+               if any(f"{split}/{infix}{key}" in metrics for key in STORY_METRICS)}
     rows = []
-    for name, infix in PREDICTORS.items():
-        cells = [metrics.get(f"{split}/{infix}{c}") for c in COLUMNS]
+    for key, (label, up) in STORY_METRICS.items():
+        cells = [metrics.get(f"{split}/{infix}{key}") for infix in columns.values()]
         if any(v is not None for v in cells):
-            rows.append([name, *("-" if v is None else f"{v:.4f}" for v in cells)])
-    return ["", *COLUMNS], rows
+            rows.append([f"{label} {'↑' if up else '↓'}", *map(_cell, cells)])
+    return ["metric", *columns], rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+def markdown_table(header: list[str], rows: list[list[str]], numbers: bool = True) -> str:
+    """A GitHub-flavoured markdown table; with `numbers` every column after the first is right-aligned."""
+    align = "---:" if numbers else "---"
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|---|" + "|".join(align for _ in header[1:]) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells[1:]])
 
 
 def print_table(metrics: dict[str, float], split: str = "test", title: str = "") -> None:
@@ -41,8 +68,9 @@ def print_table(metrics: dict[str, float], split: str = "test", title: str = "")
 
     header, rows = results_table(metrics, split)
     table = Table(title=title or f"{split} split")
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
+    table.add_column(header[0], no_wrap=True)
+    for h in header[1:]:  # predictor names wrap at their underscores in a narrow terminal
+        table.add_column(h.replace("_", " "), justify="right")
     for row in rows:
         table.add_row(*row)
     Console().print(table)

@@ -12,7 +12,7 @@ from storyreason.modules.base import StageModule, to_unit
 
 
 class AutoencoderModule(StageModule):
-    """Reconstruct frames; loss = L1 + mse_weight * MSE; L1, PSNR, SSIM over whole splits."""
+    """Reconstruct frames; loss = L1 + mse_weight * MSE; L1, MSE, PSNR, SSIM over whole splits."""
 
     def __init__(
         self,
@@ -31,7 +31,7 @@ class AutoencoderModule(StageModule):
         self.autoencoder = ConvAutoencoder(**autoencoder)
         if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
-        self.metrics = nn.ModuleDict({s: image_metrics(f"{s}/", ("l1", "psnr", "ssim")) for s in ("val", "test")})
+        self.metrics = nn.ModuleDict({s: image_metrics(f"{s}/", stem="") for s in ("val", "test")})
 
     def frames(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = to_unit(batch["frames"])  # (B, 3, H, W)

@@ -8,8 +8,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from storyreason.data.tokenizer import PAD_ID, CaptionTokenizer
-from storyreason.metrics import caption_metrics, image_metrics, token_accuracy, update_captions, update_images
+from storyreason.metrics import (
+    TokenPerplexity, caption_metrics, image_metrics, token_accuracy, update_captions, update_images,
+)
 from storyreason.models.autoencoder import ConvAutoencoder
+from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel
 from storyreason.modules.base import StageModule, to_unit
 
@@ -57,6 +60,7 @@ class MultimodalStoryModule(StageModule):
         if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
             self.autoencoder.requires_grad_(False).eval()
         self._latent_tables: dict[str, torch.Tensor] = {}
+        self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 
     @staticmethod
@@ -65,6 +69,7 @@ class MultimodalStoryModule(StageModule):
             {
                 "image": image_metrics(prefix),
                 "token_acc": token_accuracy(vocab_size),
+                "perplexity": TokenPerplexity(),
                 "caption": caption_metrics(prefix, vocab_size),
                 "copy_last_frame": image_metrics(f"{prefix}baseline/copy_last_frame/"),
                 "mean_context": image_metrics(f"{prefix}baseline/mean_context/"),
@@ -151,17 +156,23 @@ class MultimodalStoryModule(StageModule):
         context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
         update_images(m["image"], image, target)
         m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
+        m["perplexity"].update(logits, reference)
         update_images(m["copy_last_frame"], context[:, -1], target)
         update_images(m["mean_context"], context.mean(dim=1), target)
         update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
         reference_text = self.decode(reference)
-        generated = self.story.generate(enc)
+        generated = self.generate(enc)
         update_captions(m["caption"], generated, reference, self.decode(generated), reference_text)
         last = batch["context_captions"][:, -1]
         update_captions(m["copy_last_caption"], last, reference, self.decode(last), reference_text)
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
+        self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
         for key in ("image", "caption", "copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling"):
             self.log_dict(m[key], on_epoch=True, batch_size=bs)
+
+    def generate(self, enc: StoryEncoding) -> torch.Tensor:
+        """(B, L) caption ids: greedy, or as `self.decoding` asks (e.g. a beam in evaluation)."""
+        return decode_captions(self.story, enc, **self.decoding)
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """(B, L) ids -> B caption strings."""
