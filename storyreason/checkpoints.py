@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from storyreason.modules.autoencoder import AutoencoderModule
+from storyreason.modules.multimodal import MultimodalStoryModule
+
+log = logging.getLogger(__name__)
+
 AE_STAGE = "pretrain_ae"
+STORY_STAGE = "multimodal"
 
 
 class CheckpointError(ValueError):
@@ -97,3 +106,46 @@ def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, t
             )
     prefix = "autoencoder."
     return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def resolve_checkpoint(ckpt_path: str | Path | None) -> Path:
+    """`ckpt_path=`: a checkpoint file, or a run directory whose checkpoints/best.ckpt is used."""
+    if ckpt_path in (None, ""):
+        raise CheckpointError("ckpt_path is not set: pass ckpt_path=<checkpoint file or run directory>")
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return best_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file or a run directory)")
+    return path
+
+
+def module_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
+    """The stage's LightningModule rebuilt from a checkpoint alone, in eval mode, and the loaded checkpoint.
+
+    The hyperparameters are plain values (vocabulary, autoencoder and story sizes, context length),
+    so nothing else is read: a stage-2 module gets its autoencoder weights from the same state dict,
+    never from the `ae_ckpt` path it was trained with.
+    """
+    ckpt = load_checkpoint(path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    stage = hparams.get("stage")
+    modules = {AE_STAGE: AutoencoderModule, STORY_STAGE: MultimodalStoryModule}
+    if stage not in modules or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a storyreason checkpoint: its hyperparameters name stage {stage!r}, "
+            f"not one of {sorted(modules)}"
+        )
+    cls = modules[stage]
+    accepted = inspect.signature(cls.__init__).parameters
+    dropped = sorted(set(hparams) - set(accepted))
+    if dropped:
+        log.warning("%s: ignoring hyperparameters this version of the %s module does not take: %s",
+                    path, stage, dropped)
+    module = cls(**{k: v for k, v in hparams.items() if k in accepted})
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:])
+        raise CheckpointError(f"{path} does not fit this version of the {stage} model ({detail})") from None
+    return module.eval(), ckpt

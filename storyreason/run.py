@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from storyreason.checkpoints import autoencoder_state, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
+from storyreason.evaluate import evaluate
+from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
-STAGES = {"pretrain_ae": train, "multimodal": train}
+STAGES = {"pretrain_ae": train, "multimodal": train, "evaluate": evaluate, "predict": predict}
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -1,0 +1,146 @@
+"""`stage=evaluate`: a checkpoint alone reproduces its training run's metrics and writes the report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+
+from storyreason.data.tokenizer import EOS_ID, PAD_ID
+from storyreason.evaluate import grid_windows
+from storyreason.metrics import image_metrics, update_captions, update_images
+from storyreason.modules.multimodal import MultimodalStoryModule
+from storyreason.report import PREDICTORS, STORY_METRICS
+from storyreason.run import run
+from tests.conftest import compose_config
+
+CLOSE = dict(rel_tol=1e-6, abs_tol=1e-6)  # float32 sums differ by an ulp between processes: 1e-6 of a PSNR of 13
+
+
+def evaluate_run(root: Path, runs: Path, name: str, overrides: list[str]) -> Path:
+    """Run stage=evaluate under `root`, reusing the data cache of `runs`; its run directory."""
+    cfg = compose_config(root, "evaluate", [f"paths.cache={runs / 'cache'}", *overrides], run_name=name)
+    run(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def split_metrics(run_dir: Path, split: str) -> dict[str, float]:
+    return {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k.startswith(f"{split}/")}
+
+
+@pytest.fixture(scope="module")
+def evaluated(story_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test split of `story_run`, evaluated from its run directory."""
+    return evaluate_run(tmp_path_factory.mktemp("eval"), story_run.parents[1], "test", [f"ckpt_path={story_run}"])
+
+
+def assert_reproduced(trained: dict[str, float], evaluated: dict[str, float]) -> None:
+    assert sorted(evaluated) == sorted(trained)
+    differ = {k: (trained[k], evaluated[k]) for k in trained if not math.isclose(trained[k], evaluated[k], **CLOSE)}
+    assert not differ, f"evaluation does not reproduce training: {differ}"
+
+
+def test_evaluate_reproduces_the_training_test_metrics(story_run: Path, evaluated: Path) -> None:
+    assert_reproduced(split_metrics(story_run, "test"), split_metrics(evaluated, "test"))
+
+
+def test_a_checkpoint_file_alone_reproduces_the_val_metrics(story_run: Path, tmp_path: Path) -> None:
+    """Outside its run directory, with the autoencoder checkpoint it was trained from gone, it still evaluates."""
+    ckpt = torch.load(story_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["ae_ckpt"] = str(tmp_path / "gone.ckpt")
+    torch.save(ckpt, tmp_path / "alone.ckpt")
+    out = evaluate_run(tmp_path, story_run.parents[1], "val",
+                       [f"ckpt_path={tmp_path / 'alone.ckpt'}", "eval.split=val", "eval.num_stories=1"])
+    assert_reproduced(split_metrics(story_run, "val"), split_metrics(out, "val"))
+    assert "no curves" in (out / "report.md").read_text()
+
+
+def test_evaluate_stage1_checkpoint(ae_run: Path, tmp_path: Path) -> None:
+    trained = ae_run / "pretrain_ae" / "run"
+    out = evaluate_run(tmp_path, ae_run, "ae", [f"ckpt_path={trained}", "eval.num_stories=2"])
+    assert_reproduced(split_metrics(trained, "test"), split_metrics(out, "test"))
+    assert (out / "grids" / "grid_00.png").is_file()
+    assert "| metric | autoencoder |" in (out / "report.md").read_text()
+
+
+def test_report_has_every_metric_for_the_model_and_every_baseline(evaluated: Path) -> None:
+    report = (evaluated / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| metric"))
+    assert header == "| metric | " + " | ".join(PREDICTORS) + " |"
+    for label, _ in STORY_METRICS.values():
+        assert f"| {label} " in report
+    for image in ("grids/grid_00.png", "curves/losses.png"):
+        assert (evaluated / image).is_file() and f"]({image})" in report
+
+
+def test_captions_tsv_has_every_window(story_run: Path, evaluated: Path) -> None:
+    with open(evaluated / "captions.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["story_id", "reference", "generated", "copy_last_caption"]
+    windows = 6 * (6 - 4)  # TINY: 6 test stories of 6 frames, K = 4
+    assert len(rows) == 1 + windows
+    assert all(len(r) == 4 and r[0].startswith("synthetic-test-") and r[1] for r in rows[1:])
+
+
+def test_beam_search_changes_only_the_generated_caption_metrics(story_run: Path, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={story_run}", "eval.beam_size=3", "eval.num_stories=1"]
+    out = evaluate_run(tmp_path, story_run.parents[1], "beam", overrides)
+    greedy, beam = split_metrics(story_run, "test"), split_metrics(out, "test")
+    assert sorted(beam) == sorted(greedy)
+    for key in ("test/image_l1", "test/token_acc", "test/perplexity", "test/baseline/copy_last_caption/bleu"):
+        assert math.isclose(beam[key], greedy[key], **CLOSE)
+
+
+def test_unknown_split_is_refused(story_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="eval.split must be one of"):
+        evaluate_run(tmp_path, story_run.parents[1], "bad", [f"ckpt_path={story_run}", "eval.split=train"])
+
+
+def test_grid_stories_are_spread_over_the_split_and_fixed() -> None:
+    ids = ["a", "a", "b", "b", "c", "d", "d", "e"]
+    assert grid_windows(ids, 3) == [0, 4, 7]  # first windows of stories a, c, e
+    assert grid_windows(ids, 10) == [0, 2, 4, 5, 7]
+    assert grid_windows(ids, 3) == grid_windows(list(ids), 3)
+
+
+def test_every_metric_is_perfect_on_the_target() -> None:
+    """metric(target, target) is the best value of every metric stage 2 (and stage 1) computes."""
+    vocab = 12
+    torch.manual_seed(0)
+    frames = torch.rand(3, 3, 16, 16)
+    reference = torch.tensor([[4, 5, 6, 7, 8, EOS_ID, PAD_ID], [9, 10, 11, 4, EOS_ID, PAD_ID, PAD_ID],
+                              [5, 5, 6, 6, 7, 7, EOS_ID]])
+    text = ["a red ball moves left", "a blue box up", "the the red red ball ball"]
+    values: dict[str, float] = {}
+    for name, metric in MultimodalStoryModule._split_metrics("test/", vocab).items():
+        if name == "token_acc":
+            metric.update(reference.flatten(), reference.flatten())
+        elif name == "perplexity":
+            metric.update(F.one_hot(reference, vocab).float() * 100, reference)
+        elif "gen_token_acc" in metric:
+            update_captions(metric, reference, reference, text, text)
+        else:
+            update_images(metric, frames, frames)
+        result = metric.compute()
+        if isinstance(metric, MetricCollection):
+            values |= {k: v.item() for k, v in result.items()}
+        else:
+            values[f"test/{name}"] = result.item()
+    stage1 = image_metrics("test/", stem="")
+    update_images(stage1, frames, frames)
+    values |= {k: v.item() for k, v in stage1.compute().items()}
+
+    assert {f"test/{k}" for k in STORY_METRICS} <= set(values), "a reported metric is not computed"
+    best = {"l1": 0.0, "mse": 0.0, "perplexity": 1.0}
+    for key, value in values.items():
+        name = key.rsplit("/", 1)[-1].removeprefix("image_")
+        if name == "psnr":
+            assert value == math.inf, key
+        else:
+            assert value == pytest.approx(best.get(name, 1.0), abs=1e-5), key
