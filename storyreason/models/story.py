@@ -6,7 +6,8 @@ Data flows top to bottom:
   -> CrossModalFusion         per frame: image attends to its caption, concat + FC -> (B, K, D)
   -> story GRU                over the K frames -> story state (B, S)
   -> LatentHead               next latent = last latent + CNN residual over the latent maps (B, Z)
-  -> CaptionDecoder           GRU + linear head, reads the state and attends to the last caption
+  -> CaptionDecoder           GRU + linear head, reads the state and attends over the last caption
+                              and the cells of the last and predicted latent maps
 """
 
 from __future__ import annotations
@@ -69,8 +70,21 @@ class LatentHead(nn.Module):
 class CaptionDecoder(nn.Module):
     """GRU language model conditioned on the story state, with attention over the last caption (a copy path)."""
 
-    def __init__(self, embed: nn.Embedding, state_dim: int, memory_dim: int, hidden_dim: int, heads: int, max_len: int) -> None:
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        state_dim: int,
+        memory_dim: int,
+        hidden_dim: int,
+        heads: int,
+        max_len: int,
+        latent_shape: tuple[int, int, int],
+        num_maps: int = 2,
+    ) -> None:
         super().__init__()
+        channels, height, width = latent_shape
+        self.cell_proj = nn.Linear(channels, hidden_dim)
+        self.cell_position = nn.Parameter(0.02 * torch.randn(num_maps, height * width, hidden_dim))
         self.embed = embed  # shared with the caption encoder
         embed_dim = embed.embedding_dim
         self.position = nn.Embedding(max_len, embed_dim)
@@ -80,9 +94,16 @@ class CaptionDecoder(nn.Module):
         self.attention = nn.MultiheadAttention(hidden_dim, heads, batch_first=True)
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
-    def memory(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Keys of the last caption: encoder states and word embeddings, (B, L, T) + (B, L) -> (B, L, H)."""
-        return self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
+    def memory(self, states: torch.Tensor, tokens: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Keys the decoder attends over: the last caption's words and the cells of latent maps.
+
+        states (B, L, T) and tokens (B, L) of the last context caption; maps (B, M, C, h, w), the last
+        context latent and the predicted next one, whose cells say where objects are and will be.
+        -> (B, L + M*h*w, H)
+        """
+        words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
+        cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
+        return torch.cat([words, cells.flatten(1, 2)], dim=1)
 
     def forward(
         self,
@@ -113,8 +134,8 @@ class StoryEncoding:
 
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
-    memory: torch.Tensor  # (B, L, H) keys of the last context caption
-    memory_pad: torch.Tensor  # (B, L) True at padding
+    memory: torch.Tensor  # (B, L + M*h*w, H) keys: last context caption, then latent-map cells
+    memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding
 
 
 class StoryModel(nn.Module):
@@ -127,9 +148,9 @@ class StoryModel(nn.Module):
         max_caption_len: int = 32,
         embed_dim: int = 64,
         text_dim: int = 128,
-        fusion_dim: int = 256,
-        state_dim: int = 256,
-        decoder_dim: int = 256,
+        fusion_dim: int = 128,
+        state_dim: int = 128,
+        decoder_dim: int = 128,
         heads: int = 4,
         latent_hidden: int = 64,
     ) -> None:
@@ -140,7 +161,10 @@ class StoryModel(nn.Module):
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
         self.latent_head = LatentHead(latent_shape, state_dim, latent_hidden)
-        self.caption = CaptionDecoder(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1)
+        self.latent_shape = tuple(latent_shape)
+        self.caption = CaptionDecoder(
+            self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1, self.latent_shape
+        )
 
     def encode(self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> StoryEncoding:
         """latents (B, K, Z), captions (B, K, L), lengths (B, K) -> StoryEncoding."""
@@ -151,8 +175,10 @@ class StoryModel(nn.Module):
         _, hidden = self.story(fused)
         state = hidden[-1]  # (B, S)
         latent = self.latent_head(latents, state)
-        memory = self.caption.memory(states.view(b, k, length, -1)[:, -1], captions[:, -1])
-        return StoryEncoding(state, latent, memory, pad.view(b, k, length)[:, -1])
+        maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
+        memory = self.caption.memory(states.view(b, k, length, -1)[:, -1], captions[:, -1], maps)
+        cells_pad = pad.new_zeros(b, memory.shape[1] - length)
+        return StoryEncoding(state, latent, memory, torch.cat([pad.view(b, k, length)[:, -1], cells_pad], dim=1))
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
