@@ -8,7 +8,7 @@ from torch import nn
 
 from storyreason.metrics import image_metrics, update_images
 from storyreason.models.autoencoder import ConvAutoencoder
-from storyreason.modules.base import StageModule, to_unit
+from storyreason.modules.base import StageModule, to_unit, weighted_loss
 
 
 class AutoencoderModule(StageModule):
@@ -41,9 +41,11 @@ class AutoencoderModule(StageModule):
         x = self.frames(batch)
         recon = self.autoencoder(x).float()
         l1 = F.l1_loss(recon, x)
-        loss = l1 + self.hparams.mse_weight * F.mse_loss(recon, x) if self.hparams.mse_weight else l1
+        terms = {"l1": l1, "mse": F.mse_loss(recon, x)}
+        loss = weighted_loss(terms, {"l1": 1.0, "mse": self.hparams.mse_weight}, self.global_step)
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=not on_step)  # val/test: the mean over every DDP rank's batches
         if split == "train":
             self.log("train/l1", l1, on_step=True, on_epoch=True, batch_size=len(x))
         else:

@@ -8,6 +8,26 @@ import lightning as L
 import torch
 
 
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss; the message names the step and the loss term."""
+
+
+def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float], step: int) -> torch.Tensor:
+    """Sum of `weights[k] * terms[k]` over the non-zero weights; refuse a non-finite result.
+
+    Raising stops training before the optimizer step, so no checkpoint ever holds NaN weights:
+    the last good checkpoint stays the newest one on disk.
+    """
+    loss = sum(weights[k] * v for k, v in terms.items() if weights.get(k))
+    if not torch.isfinite(loss):
+        bad = [f"{k}={v.item():.4g}" for k, v in terms.items() if weights.get(k) and not torch.isfinite(v)]
+        raise NonFiniteLossError(
+            f"non-finite loss at training step {step} (term {', '.join(bad) or 'weighted sum'}): training stopped, "
+            "the last good checkpoint is kept. Lower model.lr or set trainer.gradient_clip_val."
+        )
+    return loss
+
+
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames -> float in [0, 1] (done on the batch, on the device)."""
     return frames.float().div_(255.0)

@@ -14,7 +14,7 @@ from storyreason.metrics import (
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel
-from storyreason.modules.base import StageModule, to_unit
+from storyreason.modules.base import StageModule, to_unit, weighted_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -139,11 +139,12 @@ class MultimodalStoryModule(StageModule):
             "img": F.l1_loss(image, target),
             "lat": F.mse_loss(enc.latent.float(), z_target),
         }
-        weights = self.hparams.loss_weights
-        loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+        loss = weighted_loss(terms, self.hparams.loss_weights, self.global_step)
         on_step, bs = split == "train", len(target)
-        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs)
-        self.log_dict({f"{split}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True, batch_size=bs)
+        sync = not on_step  # val/test: the mean over every DDP rank's batches
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=sync)
+        self.log_dict({f"{split}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True,
+                      batch_size=bs, sync_dist=sync)
         if split != "train":
             self._update_metrics(split, batch, enc, logits, image, target, z_target)
         return loss
