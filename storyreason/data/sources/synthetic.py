@@ -58,10 +58,10 @@ class SyntheticWorld:
         seed: int = 0,
         max_objects: int = 3,
         radius: tuple[int, int] = (10, 14),
-        speed: tuple[float, float] = (5.0, 8.0),
-        p_appear: float = 0.04,
-        p_leave: float = 0.02,
-        p_recolour: float = 0.03,
+        speed: tuple[float, float] = (6.0, 9.0),
+        p_appear: float = 0.02,
+        p_leave: float = 0.01,
+        p_recolour: float = 0.015,
     ) -> None:
         missing = [s for s in SPLITS if s not in num_stories]
         if missing:
