@@ -8,7 +8,7 @@ from torch import nn
 
 from storyreason.metrics import image_metrics, update_images
 from storyreason.models.autoencoder import ConvAutoencoder
-from storyreason.modules.base import StageModule, to_unit, weighted_loss
+from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
 
 
 class AutoencoderModule(StageModule):
@@ -24,6 +24,7 @@ class AutoencoderModule(StageModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         channels_last: bool = True,
+        compile: bool = False,
         stage: str = "pretrain_ae",
     ) -> None:
         super().__init__()
@@ -31,6 +32,8 @@ class AutoencoderModule(StageModule):
         self.autoencoder = ConvAutoencoder(**autoencoder)
         if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)
+        if compile:
+            compile_inner(self.autoencoder.encoder, self.autoencoder.decoder)
         self.metrics = nn.ModuleDict({s: image_metrics(f"{s}/", stem="") for s in ("val", "test")})
 
     def frames(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

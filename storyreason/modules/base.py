@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+from torch import nn
 
 
 class NonFiniteLossError(ValueError):
@@ -26,6 +27,13 @@ def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float], ste
             "the last good checkpoint is kept. Lower model.lr or set trainer.gradient_clip_val."
         )
     return loss
+
+
+def compile_inner(*modules: nn.Module) -> None:
+    """`torch.compile` each module's forward in place (`model.compile=true`): parameter names, and so
+    checkpoints, stay as they are; the steps around them and Lightning's hooks stay eager."""
+    for module in modules:
+        module.compile()
 
 
 def to_unit(frames: torch.Tensor) -> torch.Tensor:

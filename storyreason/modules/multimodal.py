@@ -14,7 +14,7 @@ from storyreason.metrics import (
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel
-from storyreason.modules.base import StageModule, to_unit, weighted_loss
+from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -42,6 +42,7 @@ class MultimodalStoryModule(StageModule):
         scheduler: str = "cosine",
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
+        compile: bool = False,
         stage: str = "multimodal",
     ) -> None:
         super().__init__()
@@ -59,6 +60,8 @@ class MultimodalStoryModule(StageModule):
         self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
         if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
             self.autoencoder.requires_grad_(False).eval()
+        if compile:  # the convolutional and attention blocks; the GRUs and step-by-step decoding stay eager
+            compile_inner(self.autoencoder.encoder, self.autoencoder.decoder, self.story.fusion, self.story.latent_head)
         self._latent_tables: dict[str, torch.Tensor] = {}
         self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
