@@ -1,0 +1,68 @@
+"""benchmarks/bench.py: the quick mode's pieces on minimal sizes write every figure, each a positive finite number."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = [
+    "--override", "model.autoencoder.channels=[8,16,16]",
+    "--override", "model.autoencoder.latent_dim=64",
+    "--override", "data.batch_size=32",
+    "--override", "data.max_caption_len=12",
+    *(f"--story-override=model.story.{key}={value}" for key, value in
+      {"embed_dim": 16, "text_dim": 16, "fusion_dim": 16, "state_dim": 16, "decoder_dim": 16, "heads": 2,
+       "latent_hidden": 8}.items()),
+]
+
+
+def fake_demo_run(root: Path, stage: str, start: str, end: str) -> None:
+    """A finished run directory named by its start time, whose train.log ends at `end`."""
+    run = root / stage / start
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "train.log").write_text(f"[{end}][storyreason.run][INFO] - metrics: {run / 'metrics.json'}\n")
+
+
+def numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Every number in a nested dict, keyed by its dotted path (booleans left out)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_quick_bench_writes_every_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench
+
+    demo = tmp_path / "outputs"
+    fake_demo_run(demo, "pretrain_ae", "2026-01-01_10-00-00_000000", "2026-01-01 10:01:30,000")
+    fake_demo_run(demo, "multimodal", "2026-01-01_10-02-00_000000", "2026-01-01 10:04:00,500")
+    out = tmp_path / "results.json"
+    bench.main(["--quick", "--seed-batches", "1", "--workdir", str(tmp_path / "work"), "--demo-root", str(demo),
+                "--demo-timing", str(tmp_path / "absent.json"), "--out", str(out), *TINY])
+
+    results = json.loads(out.read_text())
+    for stage in ("pretrain_ae", "multimodal"):
+        for ratio in ("fit_overhead_ratio", "speedup_vs_seed_style", "speedup_vs_seed_style_first_run"):
+            assert stage in results["ratios"][ratio]
+    assert {"latent_cache_speedup", "flop_utilization", "channels_last_speedup"} <= set(results["ratios"])
+    assert {"peak_rss_mib", "after_stage1_rss_mib"} <= set(results["memory"])
+    assert {"datamodule_frames_per_s", "train_flops_per_image", "seed_style_images_per_s"} <= set(results["pretrain_ae"])
+    assert {"datamodule_windows_per_s", "latent_table_s", "bare_reencode_epoch_s"} <= set(results["multimodal"])
+    assert set(results["targets"]) == set(bench.TARGETS)
+    figures = numbers({k: results[k] for k in ("ratios", "pretrain_ae", "multimodal", "memory")})
+    figures["cache_build_s"], figures["gemm_peak_flops"] = results["cache_build_s"], results["gemm_peak_flops"]
+    bad = {k: v for k, v in figures.items() if not (math.isfinite(v) and v > 0)}
+    assert not bad, f"figures that are not positive finite numbers: {bad}"
+    assert isinstance(results["bf16"]["supported"], bool) and results["bf16"]["reason"]
+    assert results["demo"]["pretrain_ae_s"] == 90.0
+    assert results["demo"]["multimodal_s"] == 120.5
