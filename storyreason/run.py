@@ -13,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from storyreason.checkpoints import autoencoder_state, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
+from storyreason.distributed import prepare_data_once
 from storyreason.evaluate import evaluate
 from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
+from storyreason.resume import resume_run
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningMod
         return instantiate(cfg.model, _convert_="all")
     ae_path = resolve_ae_checkpoint(cfg.model.ae_ckpt, cfg.paths.root)
     ae_state = autoencoder_state(ae_path, OmegaConf.to_container(cfg.model.autoencoder, resolve=True))
-    datamodule.prepare_data()
+    prepare_data_once(datamodule)  # before the trainer exists: one build per node under DDP
     datamodule.setup("fit")
     module = instantiate(cfg.model, vocab=datamodule.tokenizer.vocab, ae_ckpt=str(ae_path), _convert_="all")
     module.load_autoencoder(ae_state)
@@ -47,6 +49,7 @@ def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: Sto
 
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured stage, write metrics.json and return `cfg.optimized_metric`."""
+    cfg, resume_ckpt = resume_run(cfg)  # resume=...: the run's own config and its last.ckpt
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     out = Path(cfg.paths.output_dir)
@@ -55,7 +58,7 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
         datamodule.tokenizer.save(out / "vocab.json")
     metrics = final_metrics(trainer, module, datamodule)

@@ -41,6 +41,11 @@ def cache_path(source: StorySource, cache_dir: str | Path) -> Path:
     return _entry_path(source.cache_key(), cache_dir)
 
 
+def is_cached(source: StorySource, cache_dir: str | Path) -> bool:
+    """Whether a complete cache entry for `source` exists (a build in progress is not one)."""
+    return (cache_path(source, cache_dir) / _META).is_file()
+
+
 def _entry_path(key: dict, cache_dir: str | Path) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{key['source']}-{digest}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -13,11 +16,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from storyreason.data.cache import StorySource, build_cache, cache_path, load_cache
 from storyreason.data.errors import DataError
+from storyreason.data.samplers import EpochSampler
 from storyreason.data.stories import SPLITS, StorySplit
 from storyreason.data.tokenizer import CaptionTokenizer
 from storyreason.data.windows import FrameDataset, WindowDataset, collate_batch, window_index
 
 log = logging.getLogger(__name__)
+# Lightning looks for state_dict() on the loader; this datamodule restores the train position itself
+# (state_dict/load_state_dict below), so a mid-epoch resume is exact and that warning is wrong here.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class StoryDataModule(L.LightningDataModule):
@@ -28,6 +35,10 @@ class StoryDataModule(L.LightningDataModule):
     `path` and `skip_bad` are the input settings of the file-based sources, kept at data level so
     the command line reads `data.path=...`; their configs interpolate them into `source:`. Stories
     the source skipped are listed in `report_dir/skipped_stories.json` (the run directory).
+
+    The train order is a permutation per epoch drawn from the run's seed and the epoch; checkpoints
+    hold how many batches of the current epoch were trained (`state_dict`), so a resumed run goes on
+    with the next batch of the same order.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class StoryDataModule(L.LightningDataModule):
         self.splits: dict[str, StorySplit] = {}
         self.frames: dict[str, torch.Tensor] = {}
         self.datasets: dict[str, Dataset] = {}
+        self._train_position: dict[str, int] | None = None  # restored from a checkpoint, used once
 
     def prepare_data(self) -> None:
         """Build the frame cache once (rank 0 only under DDP)."""
@@ -138,15 +150,47 @@ class StoryDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._require_items(split)
+        sampler = self._train_sampler() if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=collate_batch,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # iterating never draws from the global RNG a checkpoint restores
         )
+
+    def _train_sampler(self) -> EpochSampler:
+        """This rank's share of the epoch's permutation, seeded like Lightning's own DistributedSampler
+        (by `seed_everything`); a restored position skips the batches already trained on."""
+        trainer = self.trainer
+        sampler = EpochSampler(
+            self.datasets["train"],
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        if self._train_position is not None:
+            sampler.set_epoch(self._train_position["epoch"])
+            sampler.skip = self._train_position["batches"] * self.batch_size
+            self._train_position = None
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the train order: the epoch and its batches trained so far."""
+        if self.trainer is None:
+            return {}
+        epoch = self.trainer.current_epoch
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"train_position": {"epoch": epoch, "batches": done}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores this before it first asks for the train loader."""
+        self._train_position = state_dict.get("train_position")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,166 @@
+"""Sweeps (`python train.py -m ...`): each job's outcome in its directory, and a summary of the sweep.
+
+Under Hydra's multirun a job that raises would end the whole sweep, so `record_job` catches the
+error, writes it to the job's directory (job.json and error.txt) and returns NaN: the other jobs
+still run, and an Optuna search counts the trial as failed. When the sweep ends, the `SweepSummary`
+Hydra callback (conf/hydra/default.yaml) writes sweep_summary.csv and sweep_summary.md into the
+sweep directory: one row per job with its overrides, status, error and final metrics, best first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from storyreason.distributed import sweep_job_as_single_run
+from storyreason.report import markdown_table, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+ERROR_FILE = "error.txt"
+# test-split metrics of the model shown in sweep_summary.md when a job has them (the CSV has all)
+HEADLINE = ("test/l1", "test/psnr", "test/ssim", "test/image_l1", "test/image_ssim",
+            "test/perplexity", "test/gen_token_acc", "test/bleu", "test/rougeL")
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
+    """`task(cfg)`; inside a sweep its outcome is written to the job's directory, and an error is
+    recorded there and turned into a NaN result instead of ending the sweep. Outside a sweep the
+    error propagates, so a single run still exits non-zero."""
+    if not in_sweep():
+        return task(cfg)
+    out = Path(cfg.paths.output_dir)
+    write = rank_zero_only.rank == 0
+    try:
+        with sweep_job_as_single_run(out):
+            value = task(cfg)
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"
+        log.error("job failed, the sweep goes on: %s", message)
+        if write:
+            (out / ERROR_FILE).write_text(traceback.format_exc())
+            write_json_atomic(out / JOB_FILE, {"status": "failed", "error": message})
+        return float("nan")
+    if write:
+        write_json_atomic(out / JOB_FILE, {"status": "done", "value": value})
+    return value
+
+
+def _mode(saved: Path, config: DictConfig) -> str:
+    """`max` or `min`: the sweeper's direction where it has one (Optuna), else the stage's."""
+    hydra = OmegaConf.load(saved / "hydra.yaml") if (saved / "hydra.yaml").is_file() else OmegaConf.create()
+    direction = OmegaConf.select(hydra, "hydra.sweeper.direction", default=None)
+    if isinstance(direction, str) and direction in ("minimize", "maximize"):
+        return direction[:3]
+    return OmegaConf.select(config, "stage.mode", default="min")
+
+
+def _job_row(job_dir: Path) -> dict[str, Any]:
+    """One job's name, status, overrides, optimized metric (name, value, mode), error and metrics."""
+    saved = job_dir / ".hydra"
+    overrides = list(OmegaConf.load(saved / "overrides.yaml")) if (saved / "overrides.yaml").is_file() else []
+    config = OmegaConf.load(saved / "config.yaml") if (saved / "config.yaml").is_file() else OmegaConf.create()
+    metric = OmegaConf.select(config, "optimized_metric", default=None)
+    outcome = json.loads((job_dir / JOB_FILE).read_text()) if (job_dir / JOB_FILE).is_file() else {}
+    metrics = json.loads((job_dir / "metrics.json").read_text()) if (job_dir / "metrics.json").is_file() else {}
+    return {
+        "job": job_dir.name,
+        "status": outcome.get("status", "done" if metrics else "unfinished"),
+        "overrides": overrides,
+        "metric": metric,
+        "value": metrics.get(metric) if metric else None,
+        "mode": _mode(saved, config),
+        "error": outcome.get("error", ""),
+        "metrics": metrics,
+    }
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[int, float, str]:
+    """Done jobs with a finite metric first, best first; then the others in job order."""
+    value = row["value"]
+    if row["status"] != "done" or value is None or not math.isfinite(value):
+        return (1, 0.0, row["job"].zfill(8))
+    return (0, -value if row["mode"] == "max" else value, row["job"].zfill(8))
+
+
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """A row per job directory of the sweep (one holding .hydra/), best first.
+
+    `overrides` is reduced to the overrides that differ between the jobs, so the row shows what
+    the sweep varied; with a single job it keeps them all.
+    """
+    jobs = sorted((d for d in Path(sweep_dir).iterdir() if (d / ".hydra").is_dir()), key=lambda d: d.name.zfill(8))
+    rows = [_job_row(d) for d in jobs]
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared)
+    return sorted(rows, key=_sort_key)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write sweep_summary.csv (every metric) and sweep_summary.md (the headline ones) into `sweep_dir`."""
+    sweep_dir = Path(sweep_dir)
+    rows = summarize(sweep_dir)
+    metric = next((r["metric"] for r in rows if r["metric"]), "optimized_metric")
+    keys = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (k != metric, k))
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "job", "status", "overrides", "error", "optimized_metric", *keys])
+        for rank, r in enumerate(rows, 1):
+            writer.writerow([rank, r["job"], r["status"], r["overrides"], r["error"], r["metric"],
+                             *(r["metrics"].get(k) for k in keys)])
+    headline = [k for k in HEADLINE if k != metric and any(k in r["metrics"] for r in rows)]
+    table = [
+        [str(rank), r["job"], r["status"], r["overrides"] or "-", _cell(r["value"]) if r["value"] is not None else "-",
+         *(_cell(r["metrics"][k]) if k in r["metrics"] else "-" for k in headline), r["error"][:200] or "-"]
+        for rank, r in enumerate(rows, 1)
+    ]
+    mode = next((r["mode"] for r in rows if r["metric"]), "min")
+    failed = sum(r["status"] != "done" for r in rows)
+    text = [
+        f"# Sweep {sweep_dir}",
+        "",
+        f"{len(rows)} jobs, {len(rows) - failed} done, {failed} failed or unfinished; "
+        f"sorted by {metric} ({'higher' if mode == 'max' else 'lower'} is better).",
+        "",
+        markdown_table(["rank", "job", "status", "overrides", metric, *headline, "error"], table, numbers=False),
+    ]
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(text) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the sweep summary when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        failed = [r["job"] for r in rows if r["status"] != "done"]
+        log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
+        if failed:
+            log.warning("%d of %d jobs failed or did not finish (jobs %s): see %s",
+                        len(failed), len(rows), ", ".join(failed), sweep_dir / "sweep_summary.md")
