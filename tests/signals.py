@@ -13,7 +13,7 @@ import lightning as L
 class SignalAtStep(L.Callback):
     """Sends `signum` (a name such as SIGKILL) to this process at the end of training step `step`, once:
     `marker` records that it was sent, so the resumed run is not signalled again. Added last
-    (`+callbacks.signal=...`), it runs after the run's own callbacks of that step."""
+    (`+callbacks.<name>._target_=tests.signals.SignalAtStep`), it runs after the run's own callbacks of that step."""
 
     def __init__(self, step: int, signum: str, marker: str) -> None:
         self.step, self.signum, self.marker = step, signum, Path(marker)
