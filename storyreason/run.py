@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from storyreason.config import validate
 from storyreason.checkpoints import autoencoder_state, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
@@ -50,6 +51,7 @@ def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: Sto
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured stage, write metrics.json and return `cfg.optimized_metric`."""
     cfg, resume_ckpt = resume_run(cfg)  # resume=...: the run's own config and its last.ckpt
+    validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     out = Path(cfg.paths.output_dir)

@@ -192,11 +192,17 @@ class StoryModel(nn.Module):
         max_len = max_len or self.max_caption_len
         token = torch.full((len(enc.state), 1), BOS_ID, dtype=torch.long, device=enc.state.device)
         hidden, out = None, []
+        finished = torch.zeros(len(token), dtype=torch.bool, device=token.device)
         for t in range(max_len):
             logits, hidden = self.caption(token, enc.state, enc.memory, enc.memory_pad, hidden, start=t)
             token = logits[:, -1].argmax(-1, keepdim=True)
             out.append(token)
-        return mask_after_eos(torch.cat(out, dim=1))
+            finished |= token[:, 0] == EOS_ID
+            if finished.all():  # every caption is complete: the rest would be padding
+                break
+        tokens = torch.cat(out, dim=1)
+        tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID)
+        return mask_after_eos(tokens)
 
 
 def mask_after_eos(tokens: torch.Tensor) -> torch.Tensor:
