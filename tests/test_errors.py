@@ -81,3 +81,25 @@ def test_non_finite_loss_stops_training_and_keeps_good_checkpoints(tmp_path: Pat
     for ckpt in run.glob("checkpoints/*.ckpt"):
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+def test_non_finite_loss_through_train_py_exits_nonzero_naming_step_and_term(tmp_path: Path) -> None:
+    result = train_py(tmp_path, "model.lr=1e30", "model.warmup_steps=0", "trainer.max_epochs=3")
+    assert result.returncode != 0
+    assert "non-finite loss at training step" in result.stdout + result.stderr
+    assert not list(tmp_path.glob("**/metrics.json"))
+    for ckpt in tmp_path.glob("**/*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path: Path) -> None:
+    import functools
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"hyper_parameters": {"stage": "pretrain_ae", "hook": functools.partial(print)}, "state_dict": {}}, unsafe)
+    result = train_py(tmp_path / "runs", "stage=multimodal", f"model.ae_ckpt={unsafe}", *TINY_STORY)
+    assert result.returncode != 0
+    assert "refusing to load" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert trusted_files(tmp_path / "runs") == []
