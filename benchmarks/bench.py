@@ -7,7 +7,7 @@ Writes StoryReasoning-schema parquet whose frames are 1280x720 JPEGs (cache_benc
 `data=storyreasoning` in a fresh cache folder, then measures each stage with the real Hydra config:
 
   (a) `Trainer.fit` (the configured callbacks and logger, validation off) vs a bare PyTorch loop over
-      the same model and batches: time per training epoch, `fit_overhead_ratio`;
+      the same model and batches (plus one pass of the train loader): time per epoch, `fit_overhead_ratio`;
   (b) our training epoch (`Trainer.fit` over the frame cache) vs a seed-style loop whose Dataset
       decodes and resizes every frame with PIL in `__getitem__` (NCHW model; stage 2 re-encodes the
       context every step): `speedup_vs_seed_style` per epoch once the cache exists, and
@@ -20,10 +20,14 @@ Writes StoryReasoning-schema parquet whose frames are 1280x720 JPEGs (cache_benc
       run and precision: `flop_utilization`;
   (f) fp32 vs bf16-mixed: throughput and autoencoder L1 after the same steps, where bf16 is native;
   (g) peak memory; (h) the demo's wall time per stage, read from its last runs;
-  with --compile, stage 1 through `Trainer.fit` with `model.compile=true` as well.
+  and stage 1's bare step with the autoencoder `model.compile=true` builds (`compile_speedup`).
 
-Timed contestants of one stage run in rounds with their order rotated; each figure is the fastest
-round (other processes on a shared machine only ever add time). Ratios come first in the table.
+On a shared machine the background load swings several-fold within a minute, so nothing is timed
+in separate runs: each round is one `Trainer.fit`, and the bare contestants step on the very batches it
+trains on, between its steps (half before, half after, order rotated every batch), their seconds taken
+out of the fit's. The seed style runs inside the first round the same way, on batches it decodes itself.
+Ratios are medians over rounds of ratios within a round; absolute figures are the fastest round's.
+Ratios come first in the table.
 """
 
 from __future__ import annotations
@@ -270,66 +274,30 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-# ---- (a) fit vs the bare loop ----------------------------------------------------------------------
+# ---- (a) fit vs the bare loop, interleaved step by step ------------------------------------------------
 
 
-class EpochTimer(L.Callback):
-    """Seconds from the start of the first training epoch to the end of training (epoch-end hooks,
-    checkpoints included), and the device's queue drained at both ends."""
+class BareAE:
+    """A stage-1 step in plain PyTorch: the same autoencoder, loss and Adam, no Lightning."""
 
-    def __init__(self) -> None:
-        self.start = self.seconds = 0.0
+    def __init__(self, ae: ConvAutoencoder, lr: float, mse_weight: float, channels_last: bool, device: torch.device,
+                 precision: str) -> None:
+        self.ae = ae.to(device).train()
+        if channels_last:
+            self.ae.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr)
+        self.mse_weight, self.channels_last, self.device, self.precision = mse_weight, channels_last, device, precision
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == 0:
-            sync(pl_module.device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sync(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
-
-
-def fit_epoch(cfg: DictConfig, module: L.LightningModule, dm: StoryDataModule, run_dir: Path) -> dict[str, float]:
-    """`trainer.max_epochs` training epochs through `Trainer.fit` with the configured callbacks and
-    logger: the whole call's seconds and the seconds per epoch."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    timer = EpochTimer()
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [timer]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    out: dict[str, float] = {}
-    with timed(out, "fit_call_s", module.device):
-        trainer.fit(module, datamodule=dm)
-    out["epoch_s"] = timer.seconds / cfg.trainer.max_epochs
-    return out
-
-
-def bare_ae_epoch(ae: ConvAutoencoder, loader: DataLoader, lr: float, mse_weight: float, channels_last: bool,
-                  device: torch.device, precision: str, epochs: int = 1, max_batches: int | None = None
-                  ) -> dict[str, float]:
-    """Stage 1 in plain PyTorch, the same autoencoder, loss and Adam, no Lightning: seconds per epoch."""
-    ae.to(device).train()
-    if channels_last:
-        ae.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(ae.parameters(), lr=lr)
-    out: dict[str, float] = {}
-    with timed(out, "epoch_s", device):
-        for batch in islice((batch for _ in range(epochs) for batch in loader), max_batches):
-            x = to_unit(batch["frames"].to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                recon = ae(x).float()
-            loss = F.l1_loss(recon, x) + mse_weight * F.mse_loss(recon, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    out["epoch_s"] /= epochs
-    out["loss"] = loss.item()
-    return out
+    def __call__(self, batch: Batch) -> None:
+        x = to_unit(batch["frames"].to(self.device, non_blocking=True))  # (B, 3, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            recon = self.ae(x).float()
+        loss = F.l1_loss(recon, x) + self.mse_weight * F.mse_loss(recon, x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
 
 @torch.no_grad()
@@ -340,46 +308,121 @@ def latent_table(module: MultimodalStoryModule, frames: torch.Tensor) -> torch.T
     return torch.cat(chunks)
 
 
-def bare_story_epoch(module: MultimodalStoryModule, loader: DataLoader, frames: torch.Tensor | None,
-                     device: torch.device, precision: str, epochs: int = 1, max_batches: int | None = None
-                     ) -> dict[str, float]:
-    """Stage 2 in plain PyTorch over the module's own `_step` (its `self.log` is a no-op without a
-    trainer): seconds per epoch. With `frames`, the latent table is computed first, once, as fit does."""
-    module.to(device).train()
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.hparams.lr)
-    module._latent_tables.clear()
+class BareStory:
+    """A stage-2 step in plain PyTorch over the module's own `_step` (its `self.log` is a no-op without
+    a trainer). With `cache_latents`, `prepare` computes the latent table, as fit does once per run."""
+
+    def __init__(self, module: MultimodalStoryModule, frames: torch.Tensor, device: torch.device, precision: str) -> None:
+        self.module = module.to(device).train()
+        self.optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.hparams.lr)
+        self.frames, self.device, self.precision = frames, device, precision
+
+    def prepare(self) -> None:
+        self.module._latent_tables.clear()
+        if self.module.hparams.cache_latents:
+            self.module._latent_tables["train"] = latent_table(self.module, self.frames)
+
+    def __call__(self, batch: Batch) -> None:
+        with autocast(self.device, self.precision):
+            loss = self.module._step(to_device(batch, self.device), "train")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+Step = Callable[[Batch], None]
+
+
+class Shadows(L.Callback):
+    """Bare contestants stepped on the very batches the fit trains on, interleaved with its steps.
+
+    On even batches they run before the fit's step, on odd ones after it, in an order rotated every
+    batch, so the fit and each contestant meet the same background load on a shared machine. Their
+    seconds are kept per contestant and taken out of the fit's: `fit_s` is the fit's epochs alone
+    (first epoch start to the end of training: epoch-end hooks and checkpoints included).
+    """
+
+    def __init__(self, steps: dict[str, Step], prepare: dict[str, Callable[[], None]]) -> None:
+        self.steps, self.prepare = steps, prepare
+        self.seconds = dict.fromkeys(steps, 0.0)
+        self.total_s = self.fit_s = self.fit_call_s = 0.0
+        self._start = self._before = 0.0
+        self._batches = 0
+
+    def _time(self, name: str, fn: Callable, device: torch.device, *args: object) -> None:
+        sync(device)
+        start = time.perf_counter()
+        fn(*args)
+        sync(device)
+        self.seconds[name] += time.perf_counter() - start
+        self.total_s += time.perf_counter() - start
+
+    def _step_all(self, batch: Batch, device: torch.device) -> None:
+        names = list(self.steps)
+        turn = self._batches % len(names)
+        for name in names[turn:] + names[:turn]:
+            self._time(name, self.steps[name], device, batch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            for name, prepare in self.prepare.items():
+                self._time(name, prepare, pl_module.device)
+            sync(pl_module.device)
+            self._start, self._before = time.perf_counter(), self.total_s
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch, batch_idx: int) -> None:
+        if self._batches % 2 == 0:
+            self._step_all(batch, pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: Batch,
+                           batch_idx: int) -> None:
+        if self._batches % 2 == 1:
+            self._step_all(batch, pl_module.device)
+        self._batches += 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sync(pl_module.device)
+        self.fit_s = time.perf_counter() - self._start - (self.total_s - self._before)
+
+
+def fit_round(cfg: DictConfig, module: L.LightningModule, dm: StoryDataModule, run_dir: Path, steps: dict[str, Step],
+              prepare: dict[str, Callable[[], None]] | None = None) -> Shadows:
+    """`Trainer.fit` for `trainer.max_epochs` epochs with the configured callbacks and logger, the bare
+    contestants interleaved; returns their timings, with `fit_call_s` the whole call less theirs."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    shadows = Shadows(steps, prepare or {})
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + [shadows]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     out: dict[str, float] = {}
-    with timed(out, "epoch_s", device):
-        if frames is not None:
-            module._latent_tables["train"] = latent_table(module, frames)
-        for batch in islice((batch for _ in range(epochs) for batch in loader), max_batches):
-            with autocast(device, precision):
-                loss = module._step(to_device(batch, device), "train")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    out["epoch_s"] /= epochs
-    out["loss"] = loss.item()
-    return out
+    with timed(out, "s", module.device):
+        trainer.fit(module, datamodule=dm)
+    shadows.fit_call_s = out["s"] - shadows.total_s
+    return shadows
 
 
-def in_rounds(contestants: dict[str, Callable[[], dict[str, float]]], rounds: int, once: frozenset[str] = frozenset()
-              ) -> dict[str, dict[str, float]]:
-    """Run every contestant `rounds` times (those in `once`: in the first round only), rotating the
-    order each round; per contestant, the fastest round's figures."""
-    names, runs = list(contestants), {name: [] for name in contestants}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            if name not in once or not runs[name]:
-                runs[name].append(contestants[name]())
-                print(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in runs[name][-1].items()), flush=True)
-    best = {}
-    for name, results in runs.items():
-        fastest = min(results, key=lambda r: r.get("epoch_s", r.get("fit_call_s", 0.0)))
-        best[name] = dict(fastest, rounds=len(results))
-        if len(results) > 1:
-            best[name]["epoch_s_median"] = statistics.median(r["epoch_s"] for r in results)
-    return best
+def run_epochs(step: Step, loader: DataLoader, epochs: int, device: torch.device) -> float:
+    """Seconds of `epochs` passes of `step` over `loader` (a bare loop on its own)."""
+    out: dict[str, float] = {}
+    with timed(out, "s", device):
+        for _ in range(epochs):
+            for batch in loader:
+                step(batch)
+    return out["s"]
+
+
+def warm_up(step: Step, loader: DataLoader) -> None:
+    """The first and the last (often smaller) batch once: every batch shape's kernels chosen, untimed."""
+    batches = list(loader)
+    for batch in {0: batches[0], len(batches) - 1: batches[-1]}.values():
+        step(batch)
+
+
+def paired(rounds: list[dict[str, float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator / denominator, both from the same round (the same load)."""
+    return statistics.median(r[numerator] / r[denominator] for r in rounds)
 
 
 # ---- (b) the seed-style loop -----------------------------------------------------------------------
@@ -448,25 +491,40 @@ def seed_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def whole_epoch(result: dict[str, float], loader: DataLoader, max_batches: int | None) -> dict[str, float]:
-    """`result` of a loop cut after `max_batches` batches, its epoch_s scaled to the whole epoch."""
-    share = min(len(loader), max_batches or len(loader)) / len(loader)
-    return {**result, "epoch_s": result["epoch_s"] / share, "batches": len(loader) * share}
+class SeedStyle:
+    """The seed-style loop as a contestant: each call decodes the next batch of its own loader with PIL
+    and trains a step on it (the fit's batch is ignored), until `max_batches` (default: one epoch)."""
+
+    def __init__(self, loader: DataLoader, step: Step, max_batches: int | None = None) -> None:
+        self.loader, self.step = loader, step
+        self.batches = iter(loader)
+        self.limit = min(len(loader), max_batches or len(loader))
+        self.done = 0
+
+    def __call__(self, batch: Batch) -> None:
+        if self.done < self.limit:
+            self.step(next(self.batches))
+            self.done += 1
+
+    def epoch_s(self, seconds: float) -> float:
+        """`seconds` of the batches done, scaled to a whole epoch."""
+        return seconds * len(self.loader) / max(self.done, 1)
 
 
 # ---- (d) the datamodule, (e) FLOPs, (f) bf16 ---------------------------------------------------------
 
 
-def datamodule_rate(dm: StoryDataModule, device: torch.device) -> dict[str, float]:
-    """Items per second of one pass over the train loader (each batch moved to `device`)."""
-    out: dict[str, float] = {}
-    items = 0
-    with timed(out, "epoch_s", device):
-        for batch in dm.train_dataloader():
-            batch = to_device(batch, device)
-            items += len(next(iter(batch.values())))
-    out["items_per_s"] = items / out["epoch_s"]
-    return out
+def loader_epoch_s(dm: StoryDataModule, device: torch.device, passes: int = 3) -> float:
+    """Seconds of the fastest of `passes` passes over the train loader, each batch moved to `device`:
+    (d), and what a bare loop pays to fetch its batches."""
+    seconds = []
+    for _ in range(passes):
+        out: dict[str, float] = {}
+        with timed(out, "s", device):
+            for batch in dm.train_dataloader():
+                to_device(batch, device)
+        seconds.append(out["s"])
+    return min(seconds)
 
 
 def gemm_peak(device: torch.device, precision: str, n: int | None = None, seconds: float = 1.0) -> float:
@@ -577,9 +635,33 @@ def demo_wall_time(root: Path, timing: Path) -> dict:
 # ---- the benchmark -----------------------------------------------------------------------------------
 
 
+def measure_rounds(cfg: DictConfig, module: L.LightningModule, dm: StoryDataModule, run_dir: Path,
+                   contestants: dict[str, Step], seed: SeedStyle, args: argparse.Namespace, loader_s: float,
+                   before_fit: Callable[[], None] = lambda: None) -> tuple[list[dict[str, float]], float]:
+    """`args.rounds` fits with the bare contestants interleaved (the seed style in the first only).
+    Returns, per round, seconds per epoch of the fit and of each contestant (a bare loop also pays
+    `loader_s` to fetch its batches), and the seed style's seconds per epoch."""
+    rounds, seed_s = [], 0.0
+    prepare = {name: step.prepare for name, step in contestants.items() if hasattr(step, "prepare")}
+    for r in range(args.rounds):
+        steps = {**contestants, "seed_style": seed} if r == 0 else contestants
+        before_fit()
+        shadows = fit_round(cfg, module, dm, run_dir, steps, prepare)
+        epochs = cfg.trainer.max_epochs
+        result = {"fit": shadows.fit_s / epochs, "fit_call_s": shadows.fit_call_s}
+        result.update({name: shadows.seconds[name] / epochs + loader_s for name in contestants})
+        if r == 0:
+            seed_s = seed.epoch_s(shadows.seconds["seed_style"])
+        rounds.append(result)
+        extra = f", seed_style {seed_s:.3g}" if r == 0 else ""
+        print(f"  round {r + 1}: seconds per epoch: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()) + extra,
+              flush=True)
+    return rounds, seed_s
+
+
 def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, precision: str, snapshot: Path,
            scratch: Path) -> tuple[dict, dict]:
-    """(a), (b), (d), (e), (f) for stage 1; returns the figures and the trained autoencoder's state."""
+    """(a), (b), (d), (e) for stage 1 and compile; returns the figures and the trained autoencoder's state."""
     L.seed_everything(cfg.seed, verbose=False)
     setup: dict[str, float] = {}
     with timed(setup, "setup_s", device):
@@ -588,68 +670,58 @@ def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
     module = instantiate(cfg.model, _convert_="all").to(device)
     hp = module.hparams
 
-    def fit(fitted: L.LightningModule) -> Callable[[], dict[str, float]]:
-        return lambda: fit_epoch(cfg, fitted, dm, scratch / "pretrain_ae" / "run")
-
-    def bare(channels_last: bool) -> Callable[[], dict[str, float]]:
-        ae = ConvAutoencoder(**hp.autoencoder)
-        return lambda: bare_ae_epoch(ae, dm.train_dataloader(), hp.lr, hp.mse_weight, channels_last, device, precision,
-                                     args.epochs)
-
-    def seed() -> dict[str, float]:
-        out: dict[str, float] = {}
-        with timed(out, "setup_s", device):
-            images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
-            loader = seed_loader(SeedFrames(images, cfg.data.image_size), cfg.data.batch_size, cfg.seed)
-        ae = ConvAutoencoder(**hp.autoencoder)
-        result = bare_ae_epoch(ae, loader, hp.lr, hp.mse_weight, False, device, precision, max_batches=args.seed_batches)
-        return {**out, **whole_epoch(result, loader, args.seed_batches)}
+    def bare(channels_last: bool, ae: ConvAutoencoder | None = None) -> BareAE:
+        return BareAE(ae or ConvAutoencoder(**hp.autoencoder), hp.lr, hp.mse_weight, channels_last, device, precision)
 
     print(f"stage 1: {frames} train frames, batch {cfg.data.batch_size}", flush=True)
-    bare_ae_epoch(ConvAutoencoder(**hp.autoencoder), dm.train_dataloader(), hp.lr, hp.mse_weight, hp.channels_last,
-                  device, precision)  # warm-up: every batch shape once, untimed
-    contestants = {"fit": fit(module), "bare": bare(hp.channels_last), "bare_nchw": bare(False), "seed_style": seed}
+    loader_s = loader_epoch_s(dm, device)
+    contestants: dict[str, Step] = {"bare": bare(hp.channels_last), "bare_nchw": bare(False)}
     compiled: dict = {}
-    if args.compile:
-        compiled_module = instantiate(cfg.model, compile=True, _convert_="all").to(device)
+    if args.compile:  # the autoencoder exactly as model.compile=true builds it
+        contestants["bare_compiled"] = bare(hp.channels_last, instantiate(cfg.model, compile=True, _convert_="all").autoencoder)
         try:
-            compiled = fit(compiled_module)()  # compiles every batch shape, then runs as the timed fits do
+            compiled["first_epoch_s"] = run_epochs(contestants["bare_compiled"], dm.train_dataloader(), 1, device)
+            print(f"  model.compile=true, first epoch (compiling): {compiled['first_epoch_s']:.1f} s", flush=True)
         except Exception as err:  # no C++ compiler, an unsupported op...: the rest of the benchmark still runs
-            compiled = {"error": f"{type(err).__name__}: {err}".splitlines()[0]}
+            compiled["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
             print(f"  model.compile=true failed, left out: {compiled['error']}", flush=True)
-        else:
-            print(f"  fit with model.compile=true, first epoch (compiling): {compiled['fit_call_s']:.1f} s", flush=True)
-            contestants["fit_compiled"] = fit(compiled_module)
-    best = in_rounds(contestants, args.rounds, once=frozenset({"seed_style"}))
-    loader_rate = datamodule_rate(dm, device)
+            del contestants["bare_compiled"]
+    for step in contestants.values():
+        warm_up(step, dm.train_dataloader())
+    seed_setup: dict[str, float] = {}
+    with timed(seed_setup, "s", device):
+        images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
+        loader = seed_loader(SeedFrames(images, cfg.data.image_size), cfg.data.batch_size, cfg.seed)
+    seed = SeedStyle(loader, bare(False), args.seed_batches)
+    rounds, seed_s = measure_rounds(cfg, module, dm, scratch / "pretrain_ae" / "run", contestants, seed, args, loader_s)
     flops = train_flops_per_image(ConvAutoencoder(**hp.autoencoder), dm.datasets["train"].frames[: cfg.data.batch_size],
                                   device, precision)
-    fit_s, bare_s, seed = best["fit"]["epoch_s"], best["bare"]["epoch_s"], best["seed_style"]
+    fastest = {k: min(r[k] for r in rounds) for k in rounds[0]}
     figures = {
         "train_frames": frames,
         "datamodule_setup_s": setup["setup_s"],
-        "fit_epoch_s": fit_s,
-        "fit_call_s": best["fit"]["fit_call_s"],
-        "bare_epoch_s": bare_s,
-        "bare_nchw_epoch_s": best["bare_nchw"]["epoch_s"],
-        "seed_style_setup_s": seed["setup_s"],
-        "seed_style_epoch_s": seed["epoch_s"],
-        "fit_images_per_s": frames / fit_s,
-        "bare_images_per_s": frames / bare_s,
-        "seed_style_images_per_s": frames / seed["epoch_s"],
-        "fit_overhead_ratio": fit_s / bare_s,
-        "channels_last_speedup": best["bare_nchw"]["epoch_s"] / bare_s,
-        "speedup_vs_seed_style": seed["epoch_s"] / fit_s,
-        "datamodule_frames_per_s": loader_rate["items_per_s"],
+        "fit_epoch_s": fastest["fit"],
+        "fit_call_s": fastest["fit_call_s"],
+        "bare_epoch_s": fastest["bare"],
+        "bare_nchw_epoch_s": fastest["bare_nchw"],
+        "seed_style_setup_s": seed_setup["s"],
+        "seed_style_epoch_s": seed_s,
+        "fit_images_per_s": frames / fastest["fit"],
+        "bare_images_per_s": frames / fastest["bare"],
+        "seed_style_images_per_s": frames / seed_s,
+        "fit_overhead_ratio": paired(rounds, "fit", "bare"),
+        "channels_last_speedup": paired(rounds, "bare_nchw", "bare"),
+        "speedup_vs_seed_style": seed_s / rounds[0]["fit"],
+        "datamodule_frames_per_s": frames / loader_s,
         "train_flops_per_image": flops,
-        "contestants": best,
+        "rounds": rounds,
     }
     if "error" in compiled:
         figures["compile_error"] = compiled["error"]
     elif compiled:
-        figures["compiled_first_epoch_s"] = compiled["fit_call_s"]
-        figures["compiled_fit_epoch_s"] = best["fit_compiled"]["epoch_s"]
-        figures["compile_speedup"] = fit_s / best["fit_compiled"]["epoch_s"]
+        figures["compiled_first_epoch_s"] = compiled["first_epoch_s"]
+        figures["bare_compiled_epoch_s"] = fastest["bare_compiled"]
+        figures["compile_speedup"] = paired(rounds, "bare", "bare_compiled")
     return figures, {k: v.detach().cpu() for k, v in module.autoencoder.state_dict().items()}
 
 
@@ -668,59 +740,49 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         module.load_autoencoder(ae_state)
         return module.to(device)
 
-    fit_module, cached, uncached = new_module(True), new_module(True), new_module(False)
-
-    def fit() -> dict[str, float]:
-        fit_module.load_autoencoder(ae_state)  # forgets the latent table: every fit encodes its frames again
-        return fit_epoch(cfg, fit_module, dm, scratch / "multimodal" / "run")
-
-    def seed() -> dict[str, float]:
-        out: dict[str, float] = {}
-        with timed(out, "setup_s", device):
-            images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
-            data = dm.datasets["train"]
-            dataset = SeedWindows(images, cfg.data.image_size, data.tokens, data.lengths, data.windows)
-            loader = seed_loader(dataset, cfg.data.batch_size, cfg.seed)
-        result = bare_story_epoch(new_module(False), loader, None, device, precision, max_batches=args.seed_batches)
-        return {**out, **whole_epoch(result, loader, args.seed_batches)}
-
     print(f"stage 2: {windows} train windows of {cfg.data.context} + 1 frames, batch {cfg.data.batch_size}", flush=True)
-    bare_story_epoch(cached, dm.train_dataloader(), dm.frames["train"], device, precision, max_batches=2)  # warm-up
-    best = in_rounds(
-        {
-            "fit": fit,
-            "bare": lambda: bare_story_epoch(cached, dm.train_dataloader(), dm.frames["train"], device, precision,
-                                             args.epochs),
-            "bare_reencode": lambda: bare_story_epoch(uncached, dm.train_dataloader(), None, device, precision,
-                                                      args.epochs),
-            "seed_style": seed,
-        },
-        args.rounds,
-        once=frozenset({"seed_style"}),
+    loader_s = loader_epoch_s(dm, device)
+    fit_module = new_module(True)
+    contestants: dict[str, Step] = {
+        "bare": BareStory(new_module(True), dm.frames["train"], device, precision),
+        "bare_reencode": BareStory(new_module(False), dm.frames["train"], device, precision),
+    }
+    for step in contestants.values():
+        step.prepare()
+        warm_up(step, dm.train_dataloader())
+    seed_setup: dict[str, float] = {}
+    with timed(seed_setup, "s", device):
+        images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
+        data = dm.datasets["train"]
+        dataset = SeedWindows(images, cfg.data.image_size, data.tokens, data.lengths, data.windows)
+        loader = seed_loader(dataset, cfg.data.batch_size, cfg.seed)
+    seed = SeedStyle(loader, BareStory(new_module(False), dm.frames["train"], device, precision), args.seed_batches)
+    rounds, seed_s = measure_rounds(
+        cfg, fit_module, dm, scratch / "multimodal" / "run", contestants, seed, args, loader_s,
+        before_fit=lambda: fit_module.load_autoencoder(ae_state),  # forgets the latent table: each fit encodes again
     )
     table: dict[str, float] = {}
     with timed(table, "s", device):
-        latent_table(cached, dm.frames["train"])
-    loader_rate = datamodule_rate(dm, device)
-    fit_s, bare_s, seed = best["fit"]["epoch_s"], best["bare"]["epoch_s"], best["seed_style"]
+        latent_table(fit_module, dm.frames["train"])
+    fastest = {k: min(r[k] for r in rounds) for k in rounds[0]}
     return {
         "train_windows": windows,
         "datamodule_setup_s": setup["setup_s"],
-        "fit_epoch_s": fit_s,
-        "fit_call_s": best["fit"]["fit_call_s"],
-        "bare_epoch_s": bare_s,
-        "bare_reencode_epoch_s": best["bare_reencode"]["epoch_s"],
+        "fit_epoch_s": fastest["fit"],
+        "fit_call_s": fastest["fit_call_s"],
+        "bare_epoch_s": fastest["bare"],
+        "bare_reencode_epoch_s": fastest["bare_reencode"],
         "latent_table_s": table["s"],
-        "seed_style_setup_s": seed["setup_s"],
-        "seed_style_epoch_s": seed["epoch_s"],
-        "fit_windows_per_s": windows / fit_s,
-        "bare_windows_per_s": windows / bare_s,
-        "seed_style_windows_per_s": windows / seed["epoch_s"],
-        "fit_overhead_ratio": fit_s / bare_s,
-        "latent_cache_speedup": best["bare_reencode"]["epoch_s"] / bare_s,
-        "speedup_vs_seed_style": seed["epoch_s"] / fit_s,
-        "datamodule_windows_per_s": loader_rate["items_per_s"],
-        "contestants": best,
+        "seed_style_setup_s": seed_setup["s"],
+        "seed_style_epoch_s": seed_s,
+        "fit_windows_per_s": windows / fastest["fit"],
+        "bare_windows_per_s": windows / fastest["bare"],
+        "seed_style_windows_per_s": windows / seed_s,
+        "fit_overhead_ratio": paired(rounds, "fit", "bare"),
+        "latent_cache_speedup": paired(rounds, "bare_reencode", "bare"),
+        "speedup_vs_seed_style": seed_s / rounds[0]["fit"],
+        "datamodule_windows_per_s": windows / loader_s,
+        "rounds": rounds,
     }
 
 
@@ -739,10 +801,8 @@ def precision_comparison(cfg: DictConfig, args: argparse.Namespace, device: torc
     for precision in ("32-true", "bf16-mixed"):
         ae = ConvAutoencoder(**hp["autoencoder"])
         ae.load_state_dict(start)
-        seconds = 0.0
-        for _ in range(args.bf16_epochs):
-            seconds += bare_ae_epoch(ae, dm.train_dataloader(), hp["lr"], hp["mse_weight"], hp["channels_last"], device,
-                                     precision)["epoch_s"]
+        step = BareAE(ae, hp["lr"], hp["mse_weight"], hp["channels_last"], device, precision)
+        seconds = run_epochs(step, dm.train_dataloader(), args.bf16_epochs, device)
         key = "bf16" if precision.startswith("bf16") else "fp32"
         result[f"{key}_images_per_s"] = args.bf16_epochs * len(dm.datasets["train"]) / seconds
         result[f"{key}_val_l1"] = ae_l1(ae, dm.frames["val"], device, hp["channels_last"])
@@ -861,7 +921,7 @@ def table(results: dict) -> str:
     rows.append(["channels_last_speedup (stage 1, bare loop)", f"{s1['channels_last_speedup']:.2f}", "", ""])
     rows.append(["flop_utilization_bare (stage 1, bare loop)", f"{s1['flop_utilization_bare']:.2f}", "", ""])
     if "compile_speedup" in s1:
-        rows.append(["compile_speedup (stage 1 fit, model.compile=true)", f"{s1['compile_speedup']:.2f}", "", ""])
+        rows.append(["compile_speedup (stage 1 bare step, model.compile=true)", f"{s1['compile_speedup']:.2f}", "", ""])
     rows.append(["**figure**", "**ours**", "**baseline**", "**unit**"])
     rows += [
         ["stage 1 epoch: Trainer.fit vs bare loop", f"{s1['fit_images_per_s']:.0f}", f"{s1['bare_images_per_s']:.0f}",
@@ -888,9 +948,9 @@ def table(results: dict) -> str:
                      "images/s"])
         rows.append(["stage 1 val L1 after the same steps, bf16 vs fp32", f"{bf16['bf16_val_l1']:.4f}",
                      f"{bf16['fp32_val_l1']:.4f}", "L1"])
-    if "compiled_fit_epoch_s" in s1:
-        rows.append(["stage 1 epoch: model.compile=true vs eager (fit)", f"{s1['compiled_fit_epoch_s']:.2f}",
-                     f"{s1['fit_epoch_s']:.2f}", "s"])
+    if "bare_compiled_epoch_s" in s1:
+        rows.append(["stage 1 epoch (bare): model.compile=true vs eager", f"{s1['bare_compiled_epoch_s']:.2f}",
+                     f"{s1['bare_epoch_s']:.2f}", "s"])
         rows.append(["stage 1 first compiled epoch (compiling)", f"{s1['compiled_first_epoch_s']:.1f}", "", "s"])
     memory = results["memory"]
     rows.append(["peak memory (ru_maxrss)", f"{memory['peak_rss_mib']:.0f}", "", "MiB"])
