@@ -53,7 +53,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 
 import lightning as L
