@@ -190,7 +190,13 @@ def update_images(metrics: MetricCollection, preds: torch.Tensor, target: torch.
 
 def update_captions(metrics: MetricCollection, generated: torch.Tensor, reference: torch.Tensor,
                     generated_text: list[str], reference_text: list[str]) -> None:
-    """Feed (B, L) ids and their strings to a `caption_metrics` collection."""
+    """Feed (B, L') generated and (B, L) reference ids and their strings to a `caption_metrics` collection.
+
+    Generated ids are cut or padded to the reference's width: past it the reference is padding, which
+    the position-wise accuracy ignores, and every reference keeps its <eos> inside that width.
+    """
+    width = reference.shape[1]
+    generated = F.pad(generated[:, :width], (0, width - min(width, generated.shape[1])), value=PAD_ID)
     metrics["gen_token_acc"].update(generated.flatten(), reference.flatten())
     for name in TEXT_METRICS:
         metrics[name].update(generated_text, reference_text)

@@ -40,7 +40,11 @@ class FrameDataset(Dataset):
 
 
 class WindowDataset(Dataset):
-    """Story windows for stage 2, gathered a whole batch at a time from in-memory tensors."""
+    """Story windows for stage 2, gathered a whole batch at a time from in-memory tensors.
+
+    Caption tensors are cut to the batch's longest caption (L <= data.max_caption_len): padding is
+    masked everywhere it is read, so the cut changes no result and saves the recurrent steps.
+    """
 
     def __init__(self, frames: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor) -> None:
         self.frames = frames  # (N, 3, H, W) uint8
@@ -54,14 +58,16 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = self.windows[_as_index(indices)]  # (B, K + 1)
         context, target = index[:, :-1], index[:, -1]
+        lengths = self.lengths[index]  # (B, K + 1)
+        width = max(int(lengths.max()), 1)  # the batch's longest caption: what lies beyond is padding only
         return {
             "frame_index": index,  # (B, K + 1)
             "context_frames": self.frames[context],  # (B, K, 3, H, W) uint8
-            "context_captions": self.tokens[context],  # (B, K, L)
-            "context_lengths": self.lengths[context],  # (B, K)
+            "context_captions": self.tokens[context, :width],  # (B, K, L)
+            "context_lengths": lengths[:, :-1],  # (B, K)
             "target_frame": self.frames[target],  # (B, 3, H, W) uint8
-            "target_caption": self.tokens[target],  # (B, L)
-            "target_length": self.lengths[target],  # (B,)
+            "target_caption": self.tokens[target, :width],  # (B, L)
+            "target_length": lengths[:, -1],  # (B,)
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -59,6 +59,19 @@ def test_window_dataset_gathers_a_batch_of_context_and_target() -> None:
     assert {k: v.shape for k, v in dataset[1].items()} == {k: v.shape[1:] for k, v in dataset.__getitems__([1]).items()}
 
 
+def test_window_captions_are_cut_to_the_longest_caption_of_the_batch() -> None:
+    """Columns past every caption of the batch (context and target) are padding only, so they are dropped."""
+    lengths = torch.tensor([2, 3, 1, 5, 2, 2, 4, 1])
+    tokens = torch.arange(1, 9)[:, None] * (torch.arange(10)[None] < lengths[:, None])  # (8, 10), zero = pad
+    dataset = WindowDataset(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), tokens, lengths,
+                            torch.from_numpy(window_index(np.array([0, 8]), 2, 1)))
+    first = dataset.__getitems__([0, 1])  # frames 0..3: longest caption 5 tokens (frame 3, a target)
+    assert first["target_caption"].shape == (2, 5)
+    assert first["context_captions"].shape == (2, 2, 5)
+    assert dataset.__getitems__([4])["context_captions"].shape == (1, 2, 4)  # frames 4..6
+    assert torch.equal(first["context_captions"][1, 0], tokens[1, :5])
+
+
 def test_frame_dataset_serves_single_frames() -> None:
     frames = torch.zeros(5, 3, 4, 4, dtype=torch.uint8)
     dataset = FrameDataset(frames)

@@ -93,3 +93,18 @@ def test_mask_after_eos() -> None:
     tokens = torch.tensor([[5, EOS_ID, 6, EOS_ID], [5, 6, 7, 8], [EOS_ID, 5, 6, 7]])
     expected = [[5, EOS_ID, PAD_ID, PAD_ID], [5, 6, 7, 8], [EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
     assert mask_after_eos(tokens).tolist() == expected
+
+
+@torch.no_grad()
+def test_extra_padding_columns_change_nothing(model: StoryModel) -> None:
+    """Batches are cut to their longest caption: the same captions with more padding give the same outputs."""
+    latents, captions, lengths = context()
+    lengths = lengths.clamp(max=6)
+    captions[torch.arange(L) >= lengths[..., None]] = PAD_ID
+    captions[torch.arange(L) == (lengths - 1)[..., None]] = EOS_ID
+    caption = target()[:, :8]
+    narrow_enc = model.encode(latents, captions[..., :6], lengths)
+    wide_enc = model.encode(latents, captions, lengths)  # 4 more columns of padding
+    torch.testing.assert_close(wide_enc.latent, narrow_enc.latent, rtol=0, atol=1e-5)
+    wide_logits = model.caption_logits(wide_enc, torch.nn.functional.pad(caption, (0, L - 8), value=PAD_ID))
+    torch.testing.assert_close(wide_logits[:, :8], model.caption_logits(narrow_enc, caption), rtol=0, atol=1e-5)
