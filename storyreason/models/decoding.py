@@ -39,8 +39,8 @@ def beam_search(
     max_len = check_max_len(model, max_len)
     b, k, device = len(enc.state), beam_size, enc.state.device
     state = enc.state.repeat_interleave(k, dim=0)  # (B*k, S)
-    memory = enc.memory.repeat_interleave(k, dim=0)  # (B*k, L, H)
-    memory_pad = enc.memory_pad.repeat_interleave(k, dim=0)  # (B*k, L)
+    memory = enc.memory.repeat_interleave(k, dim=0)  # (B*k, M, 2H) projected keys and values
+    memory_pad = enc.memory_pad.repeat_interleave(k, dim=0)  # (B*k, M)
     scores = torch.full((b, k), float("-inf"), dtype=torch.float64, device=device)
     scores[:, 0] = 0.0  # every story starts from one live hypothesis
     token = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=device)  # the decoder's input at step t

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -67,6 +68,38 @@ class LatentHead(nn.Module):
         return latents[:, -1] + self.net(torch.cat([last, previous, s], dim=1)).flatten(1)
 
 
+class MemoryAttention(nn.Module):
+    """Multi-head attention whose keys and values are projected once per caption, not at every step.
+
+    `project` turns the memory into keys and values (B, M, 2H) when the context is encoded; greedy
+    and beam decoding then pay only for the query of each new token.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def project(self, memory: torch.Tensor) -> torch.Tensor:
+        """memory (B, M, H) -> keys and values side by side (B, M, 2H)."""
+        return self.key_value(memory)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, T, H / heads)
+
+    def forward(self, x: torch.Tensor, projected: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H) queries, projected (B, M, 2H) from `project`, pad (B, M) True = ignore -> (B, T, H)."""
+        keys, values = projected.chunk(2, dim=-1)
+        read = F.scaled_dot_product_attention(
+            self._split(self.query(x)), self._split(keys), self._split(values), attn_mask=~pad[:, None, None, :]
+        )
+        return self.out(read.transpose(1, 2).flatten(2))
+
+
 class CaptionDecoder(nn.Module):
     """GRU language model conditioned on the story state, with attention over the last caption (a copy path)."""
 
@@ -91,7 +124,7 @@ class CaptionDecoder(nn.Module):
         self.init_hidden = nn.Linear(state_dim, hidden_dim)
         self.gru = nn.GRU(embed_dim + state_dim, hidden_dim, batch_first=True)
         self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
-        self.attention = nn.MultiheadAttention(hidden_dim, heads, batch_first=True)
+        self.attention = MemoryAttention(hidden_dim, heads)
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
     def memory(self, states: torch.Tensor, tokens: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -99,11 +132,11 @@ class CaptionDecoder(nn.Module):
 
         states (B, L, T) and tokens (B, L) of the last context caption; maps (B, M, C, h, w), the last
         context latent and the predicted next one, whose cells say where objects are and will be.
-        -> (B, L + M*h*w, H)
+        -> (B, L + M*h*w, 2H): the attention's keys and values, projected once for every decoding step
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
-        return torch.cat([words, cells.flatten(1, 2)], dim=1)
+        return self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
 
     def forward(
         self,
@@ -124,7 +157,7 @@ class CaptionDecoder(nn.Module):
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        read, _ = self.attention(out, memory, memory, key_padding_mask=memory_pad, need_weights=False)
+        read = self.attention(out, memory, memory_pad)
         return self.head(torch.cat([out, read], dim=-1)), hidden
 
 
@@ -134,7 +167,7 @@ class StoryEncoding:
 
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
-    memory: torch.Tensor  # (B, L + M*h*w, H) keys: last context caption, then latent-map cells
+    memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding
 
 
