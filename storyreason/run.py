@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.config import validate
-from storyreason.checkpoints import autoencoder_state, resolve_ae_checkpoint
+from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
 from storyreason.evaluate import evaluate
@@ -38,14 +38,32 @@ def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningMod
 
 
 def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: StoryDataModule) -> dict[str, float]:
-    """Metrics of the best checkpoint (the last weights if none was saved) on the whole val and test splits."""
+    """Metrics of the best checkpoint (the last weights if none was saved) on the whole val and test splits.
+
+    When the best checkpoint is the weights in memory, scored by the fit's last validation, that
+    validation's metrics are kept: a second pass over the val split would compute the same numbers.
+    """
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     ckpt_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     metrics: dict[str, float] = {}
-    for evaluate in (trainer.validate, trainer.test):
-        for result in evaluate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+    if ckpt_path and _best_is_in_memory(trainer, ckpt_path):
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        ckpt_path = None
+    else:
+        for result in trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
+    for result in trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+        metrics.update({k: float(v) for k, v in result.items()})
     return metrics
+
+
+def _best_is_in_memory(trainer: L.Trainer, ckpt_path: str) -> bool:
+    """True when `ckpt_path` was saved after the last training step by the validation that ended the fit."""
+    validated = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed > 0
+    if not validated or not any(k.startswith("val/") for k in trainer.callback_metrics):
+        return False
+    saved_at = load_checkpoint(ckpt_path).get("global_step")
+    return saved_at == trainer.global_step and not trainer.interrupted
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -144,3 +144,14 @@ def test_every_metric_is_perfect_on_the_target() -> None:
             assert value == math.inf, key
         else:
             assert value == pytest.approx(best.get(name, 1.0), abs=1e-5), key
+
+
+def test_val_metrics_of_a_best_checkpoint_that_is_not_the_last_weights(ae_run: Path, tmp_path: Path) -> None:
+    """With the first of two epochs kept as best (mode=max on the falling val/loss), metrics.json's val
+    split is scored on that checkpoint, not on the weights the fit ended with."""
+    cfg = compose_config(ae_run, "multimodal", ["trainer.max_epochs=2", "stage.mode=max"], run_name="first_is_best")
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
+    out = evaluate_run(tmp_path, ae_run, "val", [f"ckpt_path={run_dir}", "eval.split=val", "eval.num_stories=1"])
+    assert_reproduced(split_metrics(run_dir, "val"), split_metrics(out, "val"))
