@@ -299,14 +299,6 @@ class BareAE:
         self.optimizer.step()
 
 
-@torch.no_grad()
-def latent_table(module: MultimodalStoryModule, frames: torch.Tensor) -> torch.Tensor:
-    """(N, Z) latents of `frames` with the frozen encoder, in the chunks the module uses."""
-    chunks = [module.autoencoder.encode(to_unit(frames[i : i + 1024].to(module.device))).float()
-              for i in range(0, len(frames), 1024)]
-    return torch.cat(chunks)
-
-
 class BareStory:
     """A stage-2 step in plain PyTorch over the module's own `_step` (its `self.log` is a no-op without
     a trainer). With `cache_latents`, `prepare` computes the latent table, as fit does once per run."""
@@ -319,7 +311,7 @@ class BareStory:
     def prepare(self) -> None:
         self.module._latent_tables.clear()
         if self.module.hparams.cache_latents:
-            self.module._latent_tables["train"] = latent_table(self.module, self.frames)
+            self.module._latent_tables["train"] = self.module.encode_frames(self.frames)
 
     def __call__(self, batch: Batch) -> None:
         with autocast(self.device, self.precision):
@@ -762,7 +754,7 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
     )
     table: dict[str, float] = {}
     with timed(table, "s", device):
-        latent_table(fit_module, dm.frames["train"])
+        fit_module.encode_frames(dm.frames["train"])
     fastest = {k: min(r[k] for r in rounds) for k in rounds[0]}
     return {
         "train_windows": windows,

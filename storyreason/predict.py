@@ -20,7 +20,6 @@ from storyreason.data.errors import DataError
 from storyreason.data.images import IMAGE_SUFFIXES, decode_frame
 from storyreason.data.sources.folder import natural_key
 from storyreason.data.tokenizer import UNK
-from storyreason.modules.base import to_unit
 from storyreason.modules.multimodal import MultimodalStoryModule
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ def read_story(folder: str | Path | None, context: int, image_size: int) -> tupl
 def predict_next(module: MultimodalStoryModule, frames: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, str]:
     """Frames (K, 3, S, S) uint8 and K captions -> the next frame (3, S, S) in [0, 1] and its caption."""
     tokens, lengths = module.tokenizer.encode_batch(captions, module.hparams.max_caption_len)
-    z = module.autoencoder.encode(to_unit(frames)).float()  # (K, Z)
+    z = module.encode_frames(frames)  # (K, Z)
     enc = module.story.encode(z[None], torch.from_numpy(tokens)[None], torch.from_numpy(lengths)[None])
     image = module.autoencoder.decode(enc.latent).float()[0].clamp(0, 1)
     return image, module.decode(module.generate(enc))[0]

@@ -37,8 +37,7 @@ class AutoencoderModule(StageModule):
         self.metrics = nn.ModuleDict({s: image_metrics(f"{s}/", stem="") for s in ("val", "test")})
 
     def frames(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = to_unit(batch["frames"])  # (B, 3, H, W)
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        return to_unit(batch["frames"], self.hparams.channels_last)  # (B, 3, H, W)
 
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         x = self.frames(batch)

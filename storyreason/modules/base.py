@@ -36,9 +36,11 @@ def compile_inner(*modules: nn.Module) -> None:
         module.compile()
 
 
-def to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float in [0, 1] (done on the batch, on the device)."""
-    return frames.float().div_(255.0)
+def to_unit(frames: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 frames -> float in [0, 1] (done on the batch, on the device); (N, 3, H, W) frames are laid
+    out channels-last in memory if asked, as convolutions over channels-last weights run fastest."""
+    x = frames.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class StageModule(L.LightningModule):

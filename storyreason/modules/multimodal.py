@@ -42,6 +42,7 @@ class MultimodalStoryModule(StageModule):
         scheduler: str = "cosine",
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
+        channels_last: bool = True,
         compile: bool = False,
         stage: str = "multimodal",
     ) -> None:
@@ -58,6 +59,8 @@ class MultimodalStoryModule(StageModule):
         self.autoencoder = ConvAutoencoder(**autoencoder)
         latent_shape = (self.autoencoder.latent_channels, self.autoencoder.grid, self.autoencoder.grid)
         self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
+        if channels_last:  # the autoencoder's convolutions: about 2x faster encoding on a CPU
+            self.autoencoder.to(memory_format=torch.channels_last)
         if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
             self.autoencoder.requires_grad_(False).eval()
         if compile:  # the convolutional and attention blocks; the GRUs and step-by-step decoding stay eager
@@ -104,11 +107,22 @@ class MultimodalStoryModule(StageModule):
             frames = getattr(datamodule, "frames", {}).get(split)
             if frames is None:
                 return None
-            chunks = []
-            for i in tqdm(range(0, len(frames), 1024), desc=f"encoding {split} frames", leave=False):
-                chunks.append(self.autoencoder.encode(to_unit(frames[i : i + 1024].to(self.device))).float())
-            self._latent_tables[split] = torch.cat(chunks)
+            self._latent_tables[split] = self.encode_frames(frames, desc=f"encoding {split} frames")
         return self._latent_tables[split]
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, chunk: int = 256, desc: str | None = None) -> torch.Tensor:
+        """(N, 3, H, W) uint8 frames -> (N, Z) latents of the autoencoder, `chunk` frames at a time
+        (small chunks stay in the CPU's caches)."""
+        chunks = [
+            self.autoencoder.encode(self.unit_frames(frames[i : i + chunk].to(self.device))).float()
+            for i in tqdm(range(0, len(frames), chunk), desc=desc, leave=False, disable=desc is None)
+        ]
+        return torch.cat(chunks)
+
+    def unit_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 -> float in [0, 1], in the autoencoder's memory format."""
+        return to_unit(frames, self.hparams.channels_last)
 
     def latents(self, batch: Batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Context latents (B, K, Z) and target latent (B, Z), from the cache or by encoding."""
@@ -119,7 +133,7 @@ class MultimodalStoryModule(StageModule):
         b, k = batch["context_frames"].shape[:2]
         frames = torch.cat([batch["context_frames"].flatten(0, 1), batch["target_frame"]])  # (B*K + B, 3, H, W)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_ae):
-            z = self.autoencoder.encode(to_unit(frames)).float()
+            z = self.autoencoder.encode(self.unit_frames(frames)).float()
         return z[: b * k].view(b, k, -1), z[b * k :].detach()
 
     # ---- forward and steps -----------------------------------------------------------------------
