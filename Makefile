@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
-	$(PY) -m storyreason.demo
+demo: install  # ARGS='key=value ...': Hydra overrides for both stages
+	$(PY) -m storyreason.demo $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

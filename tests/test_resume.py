@@ -23,8 +23,9 @@ from storyreason.run import train
 from tests.commands import metrics, output, run_command, train_py
 from tests.conftest import CONF, compose_config, scalars
 
-# 144 train frames at batch 16: 9 steps an epoch; last.ckpt at steps 4, 8 | 12, 16 and after each epoch
-TWO_EPOCHS = ["trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=4"]
+# 144 train frames at batch 16: 9 steps a whole epoch (stage 1 trains on half an epoch by default);
+# last.ckpt at steps 4, 8 | 12, 16 and after each epoch
+TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=1.0", "callbacks.last_checkpoint.every_n_train_steps=4"]
 
 
 def signal_at(step: int, signum: str, marker: Path) -> list[str]:
