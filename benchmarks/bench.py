@@ -224,6 +224,7 @@ def compose_stage(stage: str, snapshot: Path, scratch: Path, args: argparse.Name
         f"paths.root={scratch}",
         f"trainer={args.accelerator}",
         f"trainer.max_epochs={args.epochs}",
+        "trainer.limit_train_batches=1.0",  # whole epochs: every figure counts every train frame or window
         "+trainer.limit_val_batches=0",
         "callbacks.progress_bar.refresh_rate=0",
     ]

@@ -56,7 +56,7 @@ def readme_block(report: str, wall: dict[str, float], checks: dict[str, bool], a
     bars = "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks.items())
     return (
         f"`{command}` on this machine: {times}, total {sum(wall.values()) / 60:.1f} min.\n\n{bars}\n\n{report}\n"
-        "Context | target | prediction for test windows (the first rows of `samples/test_grid_0.png`):\n\n"
+        "Each row: 4 context frames | target | prediction, for test windows (the stage-2 run's `samples/test_grid_0.png`):\n\n"
         "![context, target and predicted next frame](docs/demo/grid.png)\n"
     )
 

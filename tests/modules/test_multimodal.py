@@ -113,3 +113,16 @@ def test_cached_latents_give_the_same_first_loss(ae_run: Path, tmp_path: Path) -
         batches.append(first.frame_index)
     assert torch.equal(batches[0], batches[1])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_channels_last_autoencoder_gives_the_same_first_loss(ae_run: Path, tmp_path: Path) -> None:
+    """model.channels_last lays the autoencoder out channels-last for speed; the numbers stay the same."""
+    losses = []
+    for channels_last in (True, False):
+        first = FirstLoss()
+        module, _ = fit(tmp_path / str(channels_last), ae_run, [f"model.channels_last={channels_last}"], first,
+                        max_steps=1, limit_val_batches=0)
+        weight = module.autoencoder.encoder[0][0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        losses.append(first.loss)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
