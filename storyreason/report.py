@@ -76,9 +76,14 @@ def print_table(metrics: dict[str, float], split: str = "test", title: str = "")
     Console().print(table)
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write JSON through a temp file and a rename, so a reader never sees half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through a temp file and a rename, so a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
