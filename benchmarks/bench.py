@@ -227,6 +227,7 @@ def compose_stage(stage: str, snapshot: Path, scratch: Path, args: argparse.Name
         "trainer.limit_train_batches=1.0",  # whole epochs: every figure counts every train frame or window
         "+trainer.limit_val_batches=0",
         "callbacks.progress_bar.refresh_rate=0",
+        f"data.resident={str(args.resident).lower()}",  # else a fit on a GPU would move the frames there anyway
     ]
     if args.precision:
         overrides.append(f"trainer.precision={args.precision}")
@@ -249,12 +250,7 @@ def datamodule(cfg: DictConfig, device: torch.device, resident: bool, tile: int 
     if tile > 1:
         tile_train_split(dm, tile)
     if resident and device.type == "cuda":
-        for split, frames in dm.frames.items():
-            dm.frames[split] = frames.to(device)
-            dataset = dm.datasets[split]
-            for name in ("frames", "tokens", "lengths", "windows"):
-                if hasattr(dataset, name):
-                    setattr(dataset, name, getattr(dataset, name).to(device))
+        dm.to_device(device)  # what data.resident=auto does once a trainer on the GPU sets the datamodule up
     return dm
 
 

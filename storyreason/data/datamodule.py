@@ -39,6 +39,10 @@ class StoryDataModule(L.LightningDataModule):
     The train order is a permutation per epoch drawn from the run's seed and the epoch; checkpoints
     hold how many batches of the current epoch were trained (`state_dict`), so a resumed run goes on
     with the next batch of the same order.
+
+    Loader settings follow the trainer's device: with `resident="auto"` every split's tensors move to
+    the GPU the trainer runs on (a batch is then one index on the device, no host copy per step), and
+    with `pin_memory=None` host batches are pinned only when a GPU consumes them.
     """
 
     def __init__(
@@ -53,7 +57,8 @@ class StoryDataModule(L.LightningDataModule):
         max_caption_len: int = 32,
         cache_dir: str = ".cache/storyreason",
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        resident: bool | str = "auto",
         vocab: list[str] | None = None,
         path: str | None = None,
         skip_bad: bool = False,
@@ -75,7 +80,12 @@ class StoryDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_caption_len = max_caption_len
         self.cache_dir = cache_dir
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        if resident not in (True, False, "auto"):
+            raise ValueError(f"data.resident must be true, false or auto, got {resident!r}")
+        if resident is True and num_workers > 0:
+            raise ValueError(f"data.resident=true keeps batches on the GPU, where loader workers cannot reach; "
+                             f"set data.num_workers=0 (got {num_workers})")
+        self.num_workers, self.pin_memory, self.resident = num_workers, pin_memory, resident
         self.tokenizer = CaptionTokenizer(vocab) if vocab else None
         self.path, self.skip_bad = path, skip_bad
         self.report_dir = report_dir
@@ -89,8 +99,32 @@ class StoryDataModule(L.LightningDataModule):
         build_cache(self.source, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+        if not self.datasets:
+            self._load()
+        device = self._trainer_device()
+        on_gpu = device is not None and device.type == "cuda"
+        if on_gpu and (self.resident is True or (self.resident == "auto" and self.num_workers == 0)):
+            self.to_device(device)
+
+    def to_device(self, device: torch.device | str) -> None:
+        """Move every split's frames, captions and windows to `device` (frames are uint8: 12 KiB each at 64x64)."""
+        for split, dataset in self.datasets.items():
+            dataset.to(device)
+            self.frames[split] = dataset.frames
+
+    def _trainer_device(self) -> torch.device | None:
+        """The device the attached trainer trains on; None without a trainer."""
+        return self.trainer.strategy.root_device if self.trainer is not None else None
+
+    def _pin_memory(self, split: str) -> bool:
+        """`pin_memory`, or where it is None: pin host batches that a GPU will consume."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        device = self._trainer_device()
+        return device is not None and device.type == "cuda" and self.frames[split].device.type == "cpu"
+
+    def _load(self) -> None:
+        """Splits from the cache, the tokenizer and each split's dataset, on the CPU."""
         self.splits = load_cache(cache_path(self.source, self.cache_dir))
         self._report_skipped()
         if self.tokenizer is None:
@@ -146,7 +180,7 @@ class StoryDataModule(L.LightningDataModule):
         owner = np.repeat(np.arange(data.num_stories), data.story_lengths)
         if self.item == "frames":
             return [data.story_ids[s] for s in owner]
-        return [data.story_ids[s] for s in owner[self.datasets[split].windows[:, -1].numpy()]]
+        return [data.story_ids[s] for s in owner[self.datasets[split].windows[:, -1].cpu().numpy()]]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._require_items(split)
@@ -157,7 +191,7 @@ class StoryDataModule(L.LightningDataModule):
             sampler=sampler,
             collate_fn=collate_batch,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self._pin_memory(split),
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator(),  # iterating never draws from the global RNG a checkpoint restores
         )

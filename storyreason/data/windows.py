@@ -32,6 +32,11 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
+    def to(self, device: torch.device | str) -> FrameDataset:
+        """Keep the frames on `device`: batches are then gathered there."""
+        self.frames = self.frames.to(device)
+        return self
+
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return {"frames": self.frames[_as_index(indices)]}  # (B, 3, H, W) uint8
 
@@ -54,6 +59,12 @@ class WindowDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def to(self, device: torch.device | str) -> WindowDataset:
+        """Keep every tensor on `device`: batches are then gathered there."""
+        self.frames, self.tokens = self.frames.to(device), self.tokens.to(device)
+        self.lengths, self.windows = self.lengths.to(device), self.windows.to(device)
+        return self
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = self.windows[_as_index(indices)]  # (B, K + 1)

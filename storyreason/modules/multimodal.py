@@ -111,9 +111,10 @@ class MultimodalStoryModule(StageModule):
         return self._latent_tables[split]
 
     @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor, chunk: int = 256, desc: str | None = None) -> torch.Tensor:
+    def encode_frames(self, frames: torch.Tensor, chunk: int | None = None, desc: str | None = None) -> torch.Tensor:
         """(N, 3, H, W) uint8 frames -> (N, Z) latents of the autoencoder, `chunk` frames at a time
-        (small chunks stay in the CPU's caches)."""
+        (default: 256 on a CPU, where small chunks stay in its caches; 8192 on a GPU, to fill it)."""
+        chunk = chunk or (256 if self.device.type == "cpu" else 8192)
         chunks = [
             self.autoencoder.encode(self.unit_frames(frames[i : i + chunk].to(self.device))).float()
             for i in tqdm(range(0, len(frames), chunk), desc=desc, leave=False, disable=desc is None)

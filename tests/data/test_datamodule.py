@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from storyreason.data.datamodule import StoryDataModule
@@ -100,3 +101,59 @@ def test_stage1_serves_every_train_frame(tmp_path: Path) -> None:
     assert len(dm.datasets["train"]) == 24 * 6
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (16, 3, 64, 64)
+
+
+class _Strategy:
+    def __init__(self, device: str) -> None:
+        self.root_device = torch.device(device)
+
+
+class _Trainer:
+    """What the datamodule reads of a trainer to choose its loader settings: the device it trains on."""
+
+    def __init__(self, device: str) -> None:
+        self.strategy = _Strategy(device)
+
+
+@pytest.mark.parametrize(
+    ("device", "overrides", "moved", "pinned"),
+    [
+        ("cpu", [], False, False),
+        ("cuda", [], True, None),  # resident=auto: batches gathered on the GPU, nothing to pin
+        ("cuda", ["data.resident=false"], False, True),
+        ("cuda", ["data.resident=false", "data.pin_memory=false"], False, False),
+        ("cuda", ["data.num_workers=2"], False, True),  # auto stays on the host when workers gather the batches
+    ],
+)
+def test_loader_settings_follow_the_trainer_device(
+    windows: StoryDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, overrides: list[str],
+    moved: bool, pinned: bool | None,
+) -> None:
+    dm = instantiate(compose_config(tmp_path, "multimodal", overrides).data, vocab=windows.tokenizer.vocab,
+                     _convert_="all")
+    dm.cache_dir = windows.cache_dir
+    targets = []
+    monkeypatch.setattr(dm, "to_device", targets.append)
+    dm.trainer = _Trainer(device)
+    dm.setup("fit")
+    assert targets == ([torch.device(device)] if moved else [])
+    if pinned is not None:
+        assert dm._pin_memory("train") is pinned
+
+
+def test_to_device_moves_every_split(tmp_path: Path) -> None:
+    dm = datamodule(tmp_path)
+    dm.to_device("meta")
+    for split in SPLITS:
+        data = dm.datasets[split]
+        assert data.frames is dm.frames[split]
+        assert {t.device.type for t in (data.frames, data.tokens, data.lengths, data.windows)} == {"meta"}
+
+
+@pytest.mark.parametrize(("overrides", "culprit"), [
+    (["data.resident=maybe"], "data.resident"),
+    (["data.resident=true", "data.num_workers=2"], "data.num_workers"),
+])
+def test_bad_loader_settings_are_refused(tmp_path: Path, overrides: list[str], culprit: str) -> None:
+    with pytest.raises(InstantiationException, match=culprit):
+        instantiate(compose_config(tmp_path, "multimodal", overrides).data, _convert_="all")
