@@ -56,7 +56,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path, monkeypatch: pytest.Mon
             assert stage in results["ratios"][ratio]
     assert {"latent_cache_speedup", "flop_utilization", "channels_last_speedup"} <= set(results["ratios"])
     assert {"peak_rss_mib", "after_stage1_rss_mib"} <= set(results["memory"])
-    assert {"datamodule_frames_per_s", "train_flops_per_image", "seed_style_images_per_s"} <= set(results["pretrain_ae"])
+    assert {"datamodule_frames_per_s", "train_flops_per_image", "seed_style_images_per_s",
+            "flop_utilization_ceiling"} <= set(results["pretrain_ae"])
     assert {"datamodule_windows_per_s", "latent_table_s", "bare_reencode_epoch_s"} <= set(results["multimodal"])
     assert set(results["targets"]) == set(bench.TARGETS)
     figures = numbers({k: results[k] for k in ("ratios", "pretrain_ae", "multimodal", "memory")})
@@ -66,3 +67,22 @@ def test_quick_bench_writes_every_figure(tmp_path: Path, monkeypatch: pytest.Mon
     assert isinstance(results["bf16"]["supported"], bool) and results["bf16"]["reason"]
     assert results["demo"]["pretrain_ae_s"] == 90.0
     assert results["demo"]["multimodal_s"] == 120.5
+
+
+def test_conv_ceiling_times_exactly_the_training_step_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling's FLOPs are the training step's: every convolution once, forward and backward, and no
+    input gradient for the frames (the autoencoder has no other FLOP-counted op)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench
+    import torch
+
+    from storyreason.models.autoencoder import ConvAutoencoder
+
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    sizes = {"image_size": 32, "channels": (8, 16), "latent_dim": 128}
+    cpu = torch.device("cpu")
+    step_flops = bench.train_flops_per_image(ConvAutoencoder(**sizes), frames, cpu, "32-true") * len(frames)
+    flops, seconds = bench.conv_ceiling(ConvAutoencoder(**sizes), frames, cpu, "32-true", repeats=2)
+    assert flops == step_flops > 0
+    assert seconds > 0
