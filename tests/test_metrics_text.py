@@ -53,6 +53,12 @@ def test_rouge_l_is_one_tensor() -> None:
     assert value.item() == pytest.approx((0.8 + 0.0) / 2)  # LCS 4 of 5 words; no common word
 
 
+def test_every_rouge_l_of_a_module_is_found_by_name() -> None:
+    """Lightning finds a logged metric's name through `named_modules`: fresh ROUGE metrics must not merge."""
+    metrics = torch.nn.ModuleDict({"val": RougeL(), "test": RougeL()})
+    assert [name for name, _ in metrics.named_modules()] == ["", "val", "test"]
+
+
 def test_perplexity_is_exp_of_the_token_cross_entropy() -> None:
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 11)
