@@ -17,6 +17,7 @@ from storyreason.models.story import StoryEncoding, StoryModel
 from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
 
 Batch = dict[str, torch.Tensor]
+BASELINES = ("copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling")  # scored beside the model
 
 
 class MultimodalStoryModule(StageModule):
@@ -66,6 +67,7 @@ class MultimodalStoryModule(StageModule):
         if compile:  # the convolutional and attention blocks; the GRUs and step-by-step decoding stay eager
             compile_inner(self.autoencoder.encoder, self.autoencoder.decoder, self.story.fusion, self.story.latent_head)
         self._latent_tables: dict[str, torch.Tensor] = {}
+        self._baselines: dict[str, dict[str, torch.Tensor]] = {}  # split -> the baselines' values, once per run
         self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 
@@ -94,6 +96,7 @@ class MultimodalStoryModule(StageModule):
     def load_autoencoder(self, state: dict[str, torch.Tensor]) -> None:
         self.autoencoder.load_state_dict(state)
         self._latent_tables.clear()
+        self._baselines.clear()  # ae_ceiling decodes with it
 
     # ---- latents -------------------------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class MultimodalStoryModule(StageModule):
         chunk = chunk or (256 if self.device.type == "cpu" else 8192)
         chunks = [
             self.autoencoder.encode(self.unit_frames(frames[i : i + chunk].to(self.device))).float()
-            for i in tqdm(range(0, len(frames), chunk), desc=desc, leave=False, disable=desc is None)
+            for i in tqdm(range(0, len(frames), chunk), desc=desc, leave=False, disable=True if desc is None else None)
         ]
         return torch.cat(chunks)
 
@@ -172,22 +175,36 @@ class MultimodalStoryModule(StageModule):
                         image: torch.Tensor, target: torch.Tensor, z_target: torch.Tensor) -> None:
         m, bs = self.metrics[split], len(target)
         reference = batch["target_caption"]
-        context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
         update_images(m["image"], image, target)
         m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference)
-        update_images(m["copy_last_frame"], context[:, -1], target)
-        update_images(m["mean_context"], context.mean(dim=1), target)
-        update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
         reference_text = self.decode(reference)
         generated = self.generate(enc)
         update_captions(m["caption"], generated, reference, self.decode(generated), reference_text)
-        last = batch["context_captions"][:, -1]
-        update_captions(m["copy_last_caption"], last, reference, self.decode(last), reference_text)
+        scored = ("image", "caption")
+        if split not in self._baselines:  # the weights being trained change none of them
+            context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
+            update_images(m["copy_last_frame"], context[:, -1], target)
+            update_images(m["mean_context"], context.mean(dim=1), target)
+            update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
+            last = batch["context_captions"][:, -1]
+            update_captions(m["copy_last_caption"], last, reference, self.decode(last), reference_text)
+            scored += BASELINES
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
         self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
-        for key in ("image", "caption", "copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling"):
+        for key in scored:
             self.log_dict(m[key], on_epoch=True, batch_size=bs)
+
+    def on_validation_epoch_end(self) -> None:
+        """The baselines are scored on the first whole validation and logged again from then on: they
+        depend on the data and the frozen autoencoder only, and their SSIMs cost a quarter of a pass."""
+        if self.trainer.sanity_checking:
+            return
+        if "val" in self._baselines:
+            self.log_dict(self._baselines["val"], on_epoch=True)
+        else:
+            m = self.metrics["val"]
+            self._baselines["val"] = {k: v for key in BASELINES for k, v in m[key].compute().items()}
 
     def generate(self, enc: StoryEncoding) -> torch.Tensor:
         """(B, L) caption ids: greedy, or as `self.decoding` asks (e.g. a beam in evaluation)."""

@@ -126,3 +126,34 @@ def test_channels_last_autoencoder_gives_the_same_first_loss(ae_run: Path, tmp_p
         assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
         losses.append(first.loss)
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+class ValidationRecord(L.Callback):
+    """Per validation: how many batches the model's and a baseline's metrics saw, then the logged baselines."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int]] = []
+        self.logged: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m = pl_module.metrics["val"]
+        first = lambda collection: next(iter(collection.values()))  # noqa: E731
+        self.updates.append((first(m["image"])._update_count, first(m["copy_last_frame"])._update_count))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith(("val/baseline/", "val/ae_ceiling/"))})
+
+
+def test_baselines_are_scored_once_and_logged_every_validation(ae_run: Path, tmp_path: Path) -> None:
+    record = ValidationRecord()
+    module, _ = fit(tmp_path, ae_run, [], record, max_epochs=3, limit_train_batches=1, limit_val_batches=2)
+    batches = record.updates[0][0]
+    assert batches >= 1
+    assert record.updates == [(batches, batches), (batches, 0), (batches, 0)]  # the baselines in the first only
+    first, *later = record.logged
+    assert {"val/baseline/copy_last_frame/image_ssim", "val/baseline/copy_last_caption/gen_token_acc",
+            "val/ae_ceiling/image_l1", "val/baseline/mean_context/image_l1"} <= set(first)
+    assert all(values == first for values in later)
+    module.load_autoencoder(module.autoencoder.state_dict())  # a new autoencoder: the baselines are scored again
+    assert module._baselines == {}
