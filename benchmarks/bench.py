@@ -26,7 +26,8 @@ Writes StoryReasoning-schema parquet whose frames are 1280x720 JPEGs (cache_benc
 On a shared machine the background load swings several-fold within a minute, so nothing is timed
 in separate runs: each round is one `Trainer.fit`, and the bare contestants step on the very batches it
 trains on, between its steps (half before, half after, order rotated every batch), their seconds taken
-out of the fit's. The seed style runs inside the first round the same way, on batches it decodes itself.
+out of the fit's. The seed style steps the same way, on batches it decodes itself: each round times
+its own share of the seed epoch (a third of it over 3 rounds), scaled to the whole epoch.
 Ratios are medians over rounds of ratios within a round; absolute figures are the fastest round's.
 Ratios come first in the table.
 """
@@ -103,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the written frames")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed fit or bare loop (the seed style runs one)")
     parser.add_argument("--seed-batches", type=int, default=None,
-                        help="time only this many seed-style batches and scale to the epoch (default: the whole epoch)")
+                        help="seed-style batches timed per round, scaled to the epoch (default: the epoch shared out "
+                             "over the rounds)")
     parser.add_argument("--gemm-size", type=int, default=None, help="(e): side of the square matmul (default 2048, GPU 8192)")
     parser.add_argument("--tile", type=int, default=1,
                         help="train on the train split this many times over per epoch (longer epochs for a GPU)")
@@ -482,21 +484,29 @@ def seed_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
 
 class SeedStyle:
     """The seed-style loop as a contestant: each call decodes the next batch of its own loader with PIL
-    and trains a step on it (the fit's batch is ignored), until `max_batches` (default: one epoch)."""
+    and trains a step on it (the fit's batch is ignored), up to `per_round` batches a round; the
+    loader goes on where the last round stopped (a new epoch after its end)."""
 
-    def __init__(self, loader: DataLoader, step: Step, max_batches: int | None = None) -> None:
+    def __init__(self, loader: DataLoader, step: Step, per_round: int) -> None:
         self.loader, self.step = loader, step
         self.batches = iter(loader)
-        self.limit = min(len(loader), max_batches or len(loader))
+        self.limit = max(1, min(len(loader), per_round))
+        self.done = 0
+
+    def new_round(self) -> None:
         self.done = 0
 
     def __call__(self, batch: Batch) -> None:
         if self.done < self.limit:
-            self.step(next(self.batches))
+            seed_batch = next(self.batches, None)
+            if seed_batch is None:
+                self.batches = iter(self.loader)
+                seed_batch = next(self.batches)
+            self.step(seed_batch)
             self.done += 1
 
     def epoch_s(self, seconds: float) -> float:
-        """`seconds` of the batches done, scaled to a whole epoch."""
+        """`seconds` of this round's batches, scaled to a whole epoch."""
         return seconds * len(self.loader) / max(self.done, 1)
 
 
@@ -663,26 +673,24 @@ def demo_wall_time(root: Path, timing: Path) -> dict:
 
 def measure_rounds(cfg: DictConfig, module: L.LightningModule, dm: StoryDataModule, run_dir: Path,
                    contestants: dict[str, Step], seed: SeedStyle, args: argparse.Namespace, loader_s: float,
-                   before_fit: Callable[[], None] = lambda: None) -> tuple[list[dict[str, float]], float]:
-    """`args.rounds` fits with the bare contestants interleaved (the seed style in the first only).
-    Returns, per round, seconds per epoch of the fit and of each contestant (a bare loop also pays
-    `loader_s` to fetch its batches), and the seed style's seconds per epoch."""
-    rounds, seed_s = [], 0.0
+                   before_fit: Callable[[], None] = lambda: None) -> list[dict[str, float]]:
+    """`args.rounds` fits with the bare contestants and the seed style interleaved. Returns, per round,
+    seconds per epoch of the fit and of each contestant (a bare loop also pays `loader_s` to fetch its
+    batches; the seed style's share of batches is scaled to its epoch)."""
+    rounds = []
     prepare = {name: step.prepare for name, step in contestants.items() if hasattr(step, "prepare")}
     for r in range(args.rounds):
-        steps = {**contestants, "seed_style": seed} if r == 0 else contestants
         before_fit()
-        shadows = fit_round(cfg, module, dm, run_dir, steps, prepare)
+        seed.new_round()
+        shadows = fit_round(cfg, module, dm, run_dir, {**contestants, "seed_style": seed}, prepare)
         epochs = cfg.trainer.max_epochs
         result = {"fit": shadows.fit_s / epochs, "fit_call_s": shadows.fit_call_s}
         result.update({name: shadows.seconds[name] / epochs + loader_s for name in contestants})
-        if r == 0:
-            seed_s = seed.epoch_s(shadows.seconds["seed_style"])
+        result["seed_style"] = seed.epoch_s(shadows.seconds["seed_style"])
         rounds.append(result)
-        extra = f", seed_style {seed_s:.3g}" if r == 0 else ""
-        print(f"  round {r + 1}: seconds per epoch: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()) + extra,
+        print(f"  round {r + 1}: seconds per epoch: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()),
               flush=True)
-    return rounds, seed_s
+    return rounds
 
 
 def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, precision: str, snapshot: Path,
@@ -718,8 +726,8 @@ def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
     with timed(seed_setup, "s", device):
         images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
         loader = seed_loader(SeedFrames(images, cfg.data.image_size), cfg.data.batch_size, cfg.seed)
-    seed = SeedStyle(loader, bare(False), args.seed_batches)
-    rounds, seed_s = measure_rounds(cfg, module, dm, scratch / "pretrain_ae" / "run", contestants, seed, args, loader_s)
+    seed = SeedStyle(loader, bare(False), args.seed_batches or math.ceil(len(loader) / args.rounds))
+    rounds = measure_rounds(cfg, module, dm, scratch / "pretrain_ae" / "run", contestants, seed, args, loader_s)
     sample = dm.datasets["train"].frames[: cfg.data.batch_size]
     flops = train_flops_per_image(ConvAutoencoder(**hp.autoencoder), sample, device, precision)
     conv_flops, conv_s = conv_ceiling(ConvAutoencoder(**hp.autoencoder), sample, device, precision)
@@ -732,13 +740,13 @@ def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         "bare_epoch_s": fastest["bare"],
         "bare_nchw_epoch_s": fastest["bare_nchw"],
         "seed_style_setup_s": seed_setup["s"],
-        "seed_style_epoch_s": seed_s,
+        "seed_style_epoch_s": fastest["seed_style"],
         "fit_images_per_s": frames / fastest["fit"],
         "bare_images_per_s": frames / fastest["bare"],
-        "seed_style_images_per_s": frames / seed_s,
+        "seed_style_images_per_s": frames / fastest["seed_style"],
         "fit_overhead_ratio": paired(rounds, "fit", "bare"),
         "channels_last_speedup": paired(rounds, "bare_nchw", "bare"),
-        "speedup_vs_seed_style": seed_s / rounds[0]["fit"],
+        "speedup_vs_seed_style": paired(rounds, "seed_style", "fit"),
         "datamodule_frames_per_s": frames / loader_s,
         "train_flops_per_image": flops,
         "conv_flops_per_s": conv_flops / conv_s,
@@ -784,8 +792,9 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         data = dm.datasets["train"]
         dataset = SeedWindows(images, cfg.data.image_size, data.tokens, data.lengths, data.windows)
         loader = seed_loader(dataset, cfg.data.batch_size, cfg.seed)
-    seed = SeedStyle(loader, BareStory(new_module(False), dm.frames["train"], device, precision), args.seed_batches)
-    rounds, seed_s = measure_rounds(
+    seed = SeedStyle(loader, BareStory(new_module(False), dm.frames["train"], device, precision),
+                     args.seed_batches or math.ceil(len(loader) / args.rounds))
+    rounds = measure_rounds(
         cfg, fit_module, dm, scratch / "multimodal" / "run", contestants, seed, args, loader_s,
         before_fit=lambda: fit_module.load_autoencoder(ae_state),  # forgets the latent table: each fit encodes again
     )
@@ -802,13 +811,13 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         "bare_reencode_epoch_s": fastest["bare_reencode"],
         "latent_table_s": table["s"],
         "seed_style_setup_s": seed_setup["s"],
-        "seed_style_epoch_s": seed_s,
+        "seed_style_epoch_s": fastest["seed_style"],
         "fit_windows_per_s": windows / fastest["fit"],
         "bare_windows_per_s": windows / fastest["bare"],
-        "seed_style_windows_per_s": windows / seed_s,
+        "seed_style_windows_per_s": windows / fastest["seed_style"],
         "fit_overhead_ratio": paired(rounds, "fit", "bare"),
         "latent_cache_speedup": paired(rounds, "bare_reencode", "bare"),
-        "speedup_vs_seed_style": seed_s / rounds[0]["fit"],
+        "speedup_vs_seed_style": paired(rounds, "seed_style", "fit"),
         "datamodule_windows_per_s": windows / loader_s,
         "rounds": rounds,
     }
