@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 # Lightning looks for state_dict() on the loader; this datamodule restores the train position itself
 # (state_dict/load_state_dict below), so a mid-epoch resume is exact and that warning is wrong here.
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# Batches are one index into in-memory tensors (on the GPU with data.resident), so loader workers would
+# only add overhead; Lightning's advice to add them does not apply here.
+warnings.filterwarnings("ignore", message=".*does not have many workers which may be a bottleneck")
 
 
 class StoryDataModule(L.LightningDataModule):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,9 @@ from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel
 from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
+
+# The frozen autoencoder is kept in eval mode on purpose (its BatchNorm statistics stay stage 1's).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 Batch = dict[str, torch.Tensor]
 BASELINES = ("copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling")  # scored beside the model
