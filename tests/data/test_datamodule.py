@@ -49,9 +49,12 @@ def test_splits_share_no_story(windows: StoryDataModule) -> None:
 
 
 def test_train_batch_shapes(windows: StoryDataModule) -> None:
-    """Context (B, K, 3, 64, 64) uint8 frames and (B, K, L) captions; target (B, 3, 64, 64) and (B, L)."""
+    """Context (B, K, 3, 64, 64) uint8 frames and (B, K, L) captions; target (B, 3, 64, 64) and (B, L),
+    L the batch's longest caption (at most data.max_caption_len)."""
     batch = next(iter(windows.train_dataloader()))
-    b, k, length = 16, 4, 24  # data.batch_size, data.context, data.max_caption_len of the tiny config
+    b, k = 16, 4  # data.batch_size, data.context of the tiny config
+    length = int(max(batch["context_lengths"].max(), batch["target_length"].max()))
+    assert 1 <= length <= 24  # data.max_caption_len of the tiny config
     assert batch["context_frames"].shape == (b, k, 3, 64, 64)
     assert batch["context_frames"].dtype == batch["target_frame"].dtype == torch.uint8
     assert batch["context_captions"].shape == (b, k, length)
