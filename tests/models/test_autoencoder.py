@@ -30,3 +30,46 @@ def test_latent_size_that_does_not_fill_the_grid_is_refused() -> None:
 def test_image_size_that_cannot_pass_the_blocks_is_refused() -> None:
     with pytest.raises(ValueError, match="image_size=60 cannot pass 3 stride-2 blocks"):
         ConvAutoencoder(60, channels=(8, 16, 16), latent_dim=64)
+
+
+def _with_running_statistics(model: ConvAutoencoder) -> ConvAutoencoder:
+    """BatchNorm statistics and affine parameters away from their defaults, as after training."""
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(layer.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(layer.bias, -0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_encoding_folds_batchnorm_without_changing_the_latents(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    model = _with_running_statistics(ConvAutoencoder(64, channels=(8, 16, 16), latent_dim=128)).eval()
+    frames = torch.rand(3, 3, 64, 64)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        frames = frames.contiguous(memory_format=torch.channels_last)
+    norms = [layer for layer in model.encoder.modules() if isinstance(layer, torch.nn.BatchNorm2d)]
+    calls = []
+    for layer in norms:
+        layer.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        folded = model.encode(frames)
+        assert calls == []  # no BatchNorm pass: each one ran inside its convolution
+        torch.testing.assert_close(folded, model.encoder(frames).flatten(1), rtol=1e-5, atol=1e-5)
+    assert len(calls) == len(norms) == 3
+
+
+def test_training_encodes_with_batch_statistics() -> None:
+    """In train mode nothing is folded: BatchNorm normalises by the batch and updates its running statistics."""
+    torch.manual_seed(0)
+    model = _with_running_statistics(ConvAutoencoder(64, channels=(8, 16, 16), latent_dim=128)).train()
+    frames = torch.rand(4, 3, 64, 64)
+    bn = model.encoder[0][1]
+    before = bn.running_mean.clone()
+    latent = model.encode(frames)
+    assert not torch.equal(bn.running_mean, before)
+    eval_latent = model.eval().encode(frames)
+    assert not torch.allclose(latent, eval_latent, atol=1e-3)
