@@ -104,10 +104,9 @@ class StoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
             self._load()
-        device = self._trainer_device()
-        on_gpu = device is not None and device.type == "cuda"
-        if on_gpu and (self.resident is True or (self.resident == "auto" and self.num_workers == 0)):
-            self.to_device(device)
+        gpu = self._trainer_gpu()
+        if gpu is not None and (self.resident is True or (self.resident == "auto" and self.num_workers == 0)):
+            self.to_device(gpu)
 
     def to_device(self, device: torch.device | str) -> None:
         """Move every split's frames, captions and windows to `device` (frames are uint8: 12 KiB each at 64x64)."""
@@ -115,16 +114,16 @@ class StoryDataModule(L.LightningDataModule):
             dataset.to(device)
             self.frames[split] = dataset.frames
 
-    def _trainer_device(self) -> torch.device | None:
-        """The device the attached trainer trains on; None without a trainer."""
-        return self.trainer.strategy.root_device if self.trainer is not None else None
+    def _trainer_gpu(self) -> torch.device | None:
+        """The GPU the attached trainer trains on; None without a trainer or on a CPU."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        return device if device is not None and device.type == "cuda" else None
 
     def _pin_memory(self, split: str) -> bool:
         """`pin_memory`, or where it is None: pin host batches that a GPU will consume."""
         if self.pin_memory is not None:
             return self.pin_memory
-        device = self._trainer_device()
-        return device is not None and device.type == "cuda" and self.frames[split].device.type == "cpu"
+        return self._trainer_gpu() is not None and self.frames[split].device.type == "cpu"
 
     def _load(self) -> None:
         """Splits from the cache, the tokenizer and each split's dataset, on the CPU."""
