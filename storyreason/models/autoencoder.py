@@ -27,25 +27,30 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     return [leaf for child in module for leaf in _leaves(child)]
 
 
-def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def _conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """conv then eval-mode BatchNorm as one convolution: BN's scale folded into the weights, its shift into the bias."""
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    if isinstance(conv, nn.ConvTranspose2d):  # weight (in, out, kh, kw)
+        weight = (conv.weight * scale[None, :, None, None]).contiguous(memory_format=layout)
+        return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                                  conv.dilation)
     weight = (conv.weight * scale[:, None, None, None]).contiguous(memory_format=layout)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def fold_bn_forward(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`layers(x)` with every Conv2d + BatchNorm2d pair run as one convolution (BatchNorm in eval mode:
-    the same result to float rounding, without BatchNorm's pass over the activations)."""
+    """`layers(x)` with every convolution (plain or transposed) + BatchNorm2d pair run as one convolution
+    (BatchNorm in eval mode: the same result to float rounding, without BatchNorm's pass over the
+    activations, forward and backward)."""
     leaves = _leaves(layers)
     i = 0
     while i < len(leaves):
         layer = leaves[i]
-        foldable = type(layer) is nn.Conv2d and layer.padding_mode == "zeros"
+        foldable = type(layer) in (nn.Conv2d, nn.ConvTranspose2d) and layer.padding_mode == "zeros"
         if foldable and i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.BatchNorm2d):
             x = _conv_bn(layer, leaves[i + 1], x)
             i += 2
@@ -89,18 +94,20 @@ class ConvAutoencoder(nn.Module):
             nn.Sigmoid(),
         )
 
+    def _run(self, layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """`layers(x)`; in eval mode (a frozen autoencoder, evaluation) with each BatchNorm folded into the
+        convolution before it: the same result, about 20% faster on a CPU. Compiled layers
+        (model.compile=true) and training run as they are."""
+        compiled = getattr(layers, "_compiled_call_impl", None) is not None
+        return layers(x) if layers.training or compiled else fold_bn_forward(layers, x)
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, Z). In eval mode (a frozen encoder, evaluation) each BatchNorm is
-        folded into the convolution before it: the same latents, about 20% faster on a CPU. A compiled
-        encoder (model.compile=true) runs as compiled."""
-        compiled = getattr(self.encoder, "_compiled_call_impl", None) is not None
-        if self.encoder.training or compiled:
-            return self.encoder(frames).flatten(1)
-        return fold_bn_forward(self.encoder, frames).flatten(1)
+        """(N, 3, H, W) in [0, 1] -> (N, Z)."""
+        return self._run(self.encoder, frames).flatten(1)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(N, Z) -> (N, 3, H, W) in [0, 1]."""
-        return self.decoder(latent.view(len(latent), self.latent_channels, self.grid, self.grid))
+        return self._run(self.decoder, latent.view(len(latent), self.latent_channels, self.grid, self.grid))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(frames))

@@ -62,6 +62,30 @@ def test_eval_encoding_folds_batchnorm_without_changing_the_latents(channels_las
     assert len(calls) == len(norms) == 3
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_decoding_folds_batchnorm_into_the_transposed_convolutions(channels_last: bool) -> None:
+    """Stage 2 decodes its predicted latent with the frozen decoder and backpropagates through it: the
+    folded decoder gives the same image and the same gradient for the latent."""
+    torch.manual_seed(0)
+    model = _with_running_statistics(ConvAutoencoder(64, channels=(8, 16, 16), latent_dim=128)).eval()
+    model.requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    norms = [layer for layer in model.decoder.modules() if isinstance(layer, torch.nn.BatchNorm2d)]
+    calls = []
+    for layer in norms:
+        layer.register_forward_hook(lambda *args: calls.append(1))
+    latent = torch.randn(3, 128, requires_grad=True)
+    folded = model.decode(latent)
+    assert calls == []
+    (grad_folded,) = torch.autograd.grad(folded.square().sum(), latent)
+    plain = model.decoder(latent.view(3, 2, 8, 8))
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), latent)
+    assert len(calls) == len(norms) == 3
+    torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_folded, grad_plain, rtol=1e-4, atol=1e-5)
+
+
 def test_training_encodes_with_batch_statistics() -> None:
     """In train mode nothing is folded: BatchNorm normalises by the batch and updates its running statistics."""
     torch.manual_seed(0)
