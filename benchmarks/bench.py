@@ -75,7 +75,7 @@ from storyreason.data.cache import build_cache
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.data.windows import FrameDataset, WindowDataset
 from storyreason.models.autoencoder import ConvAutoencoder
-from storyreason.modules.base import to_unit
+from storyreason.modules.base import adam, to_unit
 from storyreason.modules.multimodal import MultimodalStoryModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ class BareAE:
         self.ae = ae.to(device).train()
         if channels_last:
             self.ae.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.ae.parameters(), lr=lr)
+        self.optimizer = adam(list(self.ae.parameters()), lr)
         self.mse_weight, self.channels_last, self.device, self.precision = mse_weight, channels_last, device, precision
 
     def __call__(self, batch: Batch) -> None:
@@ -305,7 +305,7 @@ class BareStory:
 
     def __init__(self, module: MultimodalStoryModule, frames: torch.Tensor, device: torch.device, precision: str) -> None:
         self.module = module.to(device).train()
-        self.optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.hparams.lr)
+        self.optimizer = adam([p for p in module.parameters() if p.requires_grad], module.hparams.lr)
         self.frames, self.device, self.precision = frames, device, precision
 
     def prepare(self) -> None:
