@@ -199,19 +199,29 @@ class StoryModel(nn.Module):
             self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1, self.latent_shape
         )
 
-    def encode(self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> StoryEncoding:
-        """latents (B, K, Z), captions (B, K, L), lengths (B, K) -> StoryEncoding."""
+    def encode(
+        self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, frame_ids: torch.Tensor | None = None
+    ) -> StoryEncoding:
+        """latents (B, K, Z), captions (B, K, L), lengths (B, K) -> StoryEncoding.
+
+        frame_ids (B, K), optional, name the context frames: a frame that several windows of the
+        batch share (windows of one story overlap) has its caption encoded and fused once, and its
+        result is reused, with the same values and gradients as encoding every copy.
+        """
         b, k, length = captions.shape
-        pad = captions.flatten(0, 1) == PAD_ID  # (B*K, L)
-        states, summary = self.text(captions.flatten(0, 1), lengths.flatten())
-        fused = self.fusion(latents.flatten(0, 1), states, summary, pad).view(b, k, -1)  # (B, K, D)
-        _, hidden = self.story(fused)
+        first, inverse = first_occurrences(frame_ids.flatten()) if frame_ids is not None else (None, None)
+        captions_once = _take(captions.flatten(0, 1), first)  # (F, L), F <= B*K distinct frames
+        pad = captions_once == PAD_ID
+        states, summary = self.text(captions_once, _take(lengths.flatten(), first))
+        fused = _take(self.fusion(_take(latents.flatten(0, 1), first), states, summary, pad), inverse)
+        _, hidden = self.story(fused.view(b, k, -1))
         state = hidden[-1]  # (B, S)
         latent = self.latent_head(latents, state)
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
-        memory = self.caption.memory(states.view(b, k, length, -1)[:, -1], captions[:, -1], maps)
+        last = inverse.view(b, k)[:, -1] if inverse is not None else torch.arange(k - 1, b * k, k, device=captions.device)
+        memory = self.caption.memory(states[last], captions[:, -1], maps)
         cells_pad = pad.new_zeros(b, memory.shape[1] - length)
-        return StoryEncoding(state, latent, memory, torch.cat([pad.view(b, k, length)[:, -1], cells_pad], dim=1))
+        return StoryEncoding(state, latent, memory, torch.cat([pad[last], cells_pad], dim=1))
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
@@ -236,6 +246,19 @@ class StoryModel(nn.Module):
         tokens = torch.cat(out, dim=1)
         tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID)
         return mask_after_eos(tokens)
+
+
+def first_occurrences(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (N,) -> first (F,), the position of each distinct id's first occurrence, and inverse (N,),
+    where ids[first[inverse]] == ids."""
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = positions.new_full((len(distinct),), len(ids)).scatter_reduce_(0, inverse, positions, "amin")
+    return first, inverse
+
+
+def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return x if rows is None else x[rows]
 
 
 def mask_after_eos(tokens: torch.Tensor) -> torch.Tensor:

@@ -147,17 +147,22 @@ class MultimodalStoryModule(StageModule):
 
     # ---- forward and steps -----------------------------------------------------------------------
 
+    def encode_context(self, batch: Batch, z_context: torch.Tensor) -> StoryEncoding:
+        """The story model over the context; frames that overlapping windows share are encoded once."""
+        captions, lengths = batch["context_captions"], batch["context_lengths"]
+        return self.story.encode(z_context, captions, lengths, batch["frame_index"][:, :-1])
+
     def forward(self, batch: Batch, split: str = "predict") -> tuple[StoryEncoding, torch.Tensor]:
         """Encode the context; return the encoding and the predicted next frame (B, 3, H, W)."""
         z_context, _ = self.latents(batch, split)
-        enc = self.story.encode(z_context, batch["context_captions"], batch["context_lengths"])
+        enc = self.encode_context(batch, z_context)
         return enc, self.autoencoder.decode(enc.latent).float()
 
     def _step(self, batch: Batch, split: str) -> torch.Tensor:
         z_context, z_target = self.latents(batch, split)
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
-        enc = self.story.encode(z_context, batch["context_captions"], batch["context_lengths"])
+        enc = self.encode_context(batch, z_context)
         logits = self.story.caption_logits(enc, caption).float()  # (B, L, V)
         image = self.autoencoder.decode(enc.latent).float()
         terms = {

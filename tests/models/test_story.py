@@ -108,3 +108,35 @@ def test_extra_padding_columns_change_nothing(model: StoryModel) -> None:
     torch.testing.assert_close(wide_enc.latent, narrow_enc.latent, rtol=0, atol=1e-5)
     wide_logits = model.caption_logits(wide_enc, torch.nn.functional.pad(caption, (0, L - 8), value=PAD_ID))
     torch.testing.assert_close(wide_logits[:, :8], model.caption_logits(narrow_enc, caption), rtol=0, atol=1e-5)
+
+
+def test_frames_shared_by_windows_are_encoded_once_with_the_same_result_and_gradients() -> None:
+    """Three overlapping windows of one story (frames 0-3, 1-4, 2-5) and one of another: naming the
+    frames encodes their 10 distinct captions instead of 16, and changes no output and no gradient."""
+    torch.manual_seed(0)
+    model = StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
+                       state_dim=32, decoder_dim=32, heads=2, latent_hidden=8)
+    g = torch.Generator().manual_seed(3)
+    frame_latents, frame_captions = torch.randn(10, Z, generator=g), torch.randint(4, V, (10, L), generator=g)
+    frame_lengths = torch.randint(3, L + 1, (10,), generator=g)
+    position = torch.arange(L)
+    frame_captions[position == (frame_lengths - 1)[:, None]] = EOS_ID
+    frame_captions[position >= frame_lengths[:, None]] = PAD_ID
+    ids = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [6, 7, 8, 9]])
+    inputs = (frame_latents[ids], frame_captions[ids], frame_lengths[ids])
+    texts = []
+    model.text.register_forward_hook(lambda module, args, out: texts.append(len(args[0])))
+
+    def run(frame_ids: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model.zero_grad()
+        enc = model.encode(*inputs, frame_ids=frame_ids)
+        logits = model.caption_logits(enc, frame_captions[ids[:, -1]])
+        outputs = [enc.state, enc.latent, enc.memory, enc.memory_pad, logits]
+        (logits.square().mean() + enc.latent.square().mean()).backward()
+        return outputs, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    every_copy, grads = run(None)
+    once, grads_once = run(ids)
+    assert texts == [16, 10]
+    for a, b in zip(every_copy + grads, once + grads_once, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
