@@ -46,6 +46,10 @@ class StoryDataModule(L.LightningDataModule):
     Loader settings follow the trainer's device: with `resident="auto"` every split's tensors move to
     the GPU the trainer runs on (a batch is then one index on the device, no host copy per step), and
     with `pin_memory=None` host batches are pinned only when a GPU consumes them.
+
+    With `story_batches` (windows only) the train order shuffles stories, not windows, and keeps each
+    story's windows together: a batch then holds whole stories, whose overlapping windows share their
+    context frames, and the stage-2 model encodes each shared frame once per batch.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class StoryDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         resident: bool | str = "auto",
+        story_batches: bool = True,
         vocab: list[str] | None = None,
         path: str | None = None,
         skip_bad: bool = False,
@@ -89,6 +94,7 @@ class StoryDataModule(L.LightningDataModule):
             raise ValueError(f"data.resident=true keeps batches on the GPU, where loader workers cannot reach; "
                              f"set data.num_workers=0 (got {num_workers})")
         self.num_workers, self.pin_memory, self.resident = num_workers, pin_memory, resident
+        self.story_batches = story_batches
         self.tokenizer = CaptionTokenizer(vocab) if vocab else None
         self.path, self.skip_bad = path, skip_bad
         self.report_dir = report_dir
@@ -176,13 +182,16 @@ class StoryDataModule(L.LightningDataModule):
             report.write_text(json.dumps(skipped, indent=1))
             log.warning("skipped stories listed in %s", report)
 
-    def story_ids(self, split: str) -> list[str]:
-        """Story id of every window (or frame) of `split`, in dataset order."""
+    def story_index(self, split: str) -> np.ndarray:
+        """Story number (0 .. S - 1) of every window (or frame) of `split`, in dataset order."""
         data = self.splits[split]
         owner = np.repeat(np.arange(data.num_stories), data.story_lengths)
-        if self.item == "frames":
-            return [data.story_ids[s] for s in owner]
-        return [data.story_ids[s] for s in owner[self.datasets[split].windows[:, -1].cpu().numpy()]]
+        return owner if self.item == "frames" else owner[self.datasets[split].windows[:, -1].cpu().numpy()]
+
+    def story_ids(self, split: str) -> list[str]:
+        """Story id of every window (or frame) of `split`, in dataset order."""
+        story_ids = self.splits[split].story_ids
+        return [story_ids[s] for s in self.story_index(split)]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._require_items(split)
@@ -207,6 +216,7 @@ class StoryDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            groups=self.story_index("train") if self.story_batches and self.item == "windows" else None,
         )
         if self._train_position is not None:
             sampler.set_epoch(self._train_position["epoch"])
