@@ -73,6 +73,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cache_bench import write_snapshot  # benchmarks/ is the script's folder, first on sys.path
 from storyreason.data.cache import build_cache
 from storyreason.data.datamodule import StoryDataModule
+from storyreason.data.stories import StorySplit
 from storyreason.data.windows import FrameDataset, WindowDataset
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.modules.base import adam, to_unit
@@ -258,13 +259,21 @@ def datamodule(cfg: DictConfig, device: torch.device, resident: bool, tile: int 
 
 
 def tile_train_split(dm: StoryDataModule, tile: int) -> None:
-    """Repeat the train split `tile` times: longer epochs over the same stories, for a fast device."""
-    frames, data = dm.frames["train"], dm.datasets["train"]
-    dm.frames["train"] = frames.repeat(tile, 1, 1, 1)
+    """Repeat the train split `tile` times: longer epochs over the same stories (each copy a story of its own),
+    for a fast device."""
+    split, data = dm.splits["train"], dm.datasets["train"]
+    n = len(split.frames)
+    dm.splits["train"] = StorySplit(
+        frames=np.tile(split.frames, (tile, 1, 1, 1)),
+        offsets=np.concatenate([split.offsets[:-1] + k * n for k in range(tile)] + [[tile * n]]),
+        captions=split.captions * tile,
+        story_ids=split.story_ids * tile,
+    )
+    dm.frames["train"] = torch.from_numpy(dm.splits["train"].frames)
     if isinstance(data, FrameDataset):
         dm.datasets["train"] = FrameDataset(dm.frames["train"])
         return
-    windows = torch.cat([data.windows + k * len(frames) for k in range(tile)])
+    windows = torch.cat([data.windows + k * n for k in range(tile)])
     dm.datasets["train"] = WindowDataset(dm.frames["train"], data.tokens.repeat(tile, 1), data.lengths.repeat(tile),
                                          windows)
 
@@ -724,7 +733,7 @@ def stage1(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         warm_up(step, dm.train_dataloader())
     seed_setup: dict[str, float] = {}
     with timed(seed_setup, "s", device):
-        images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
+        images = parquet_frames(snapshot, dm.splits["train"].story_ids)
         loader = seed_loader(SeedFrames(images, cfg.data.image_size), cfg.data.batch_size, cfg.seed)
     seed = SeedStyle(loader, bare(False), args.seed_batches or math.ceil(len(loader) / args.rounds))
     rounds = measure_rounds(cfg, module, dm, scratch / "pretrain_ae" / "run", contestants, seed, args, loader_s)
@@ -788,7 +797,7 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
         warm_up(step, dm.train_dataloader())
     seed_setup: dict[str, float] = {}
     with timed(seed_setup, "s", device):
-        images = parquet_frames(snapshot, dm.splits["train"].story_ids) * args.tile
+        images = parquet_frames(snapshot, dm.splits["train"].story_ids)
         data = dm.datasets["train"]
         dataset = SeedWindows(images, cfg.data.image_size, data.tokens, data.lengths, data.windows)
         loader = seed_loader(dataset, cfg.data.batch_size, cfg.seed)

@@ -47,7 +47,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path, monkeypatch: pytest.Mon
     fake_demo_run(demo, "pretrain_ae", "2026-01-01_10-00-00_000000", "2026-01-01 10:01:30,000")
     fake_demo_run(demo, "multimodal", "2026-01-01_10-02-00_000000", "2026-01-01 10:04:00,500")
     out = tmp_path / "results.json"
-    bench.main(["--quick", "--seed-batches", "1", "--workdir", str(tmp_path / "work"), "--demo-root", str(demo),
+    bench.main(["--quick", "--seed-batches", "1", "--tile", "2", "--workdir", str(tmp_path / "work"), "--demo-root", str(demo),
                 "--demo-timing", str(tmp_path / "absent.json"), "--out", str(out), *TINY])
 
     results = json.loads(out.read_text())
@@ -86,3 +86,24 @@ def test_conv_ceiling_times_exactly_the_training_step_convolutions(monkeypatch: 
     flops, seconds = bench.conv_ceiling(ConvAutoencoder(**sizes), frames, cpu, "32-true", repeats=2)
     assert flops == step_flops > 0
     assert seconds > 0
+
+
+def test_tiled_train_split_repeats_whole_stories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--tile` (the GPU check) repeats the train split as new stories, so story batches still form."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench
+    import torch
+
+    from tests.data.test_datamodule import datamodule
+
+    dm = datamodule(tmp_path)
+    windows, stories = len(dm.datasets["train"]), dm.splits["train"].num_stories
+    story_of_window = dm.story_index("train")
+    bench.tile_train_split(dm, 3)
+    assert len(dm.datasets["train"]) == 3 * windows and dm.splits["train"].num_stories == 3 * stories
+    tiled = dm.story_index("train")
+    assert (tiled == [s + k * stories for k in range(3) for s in story_of_window]).all()
+    assert dm.splits["train"].story_ids == dm.splits["train"].story_ids[:stories] * 3  # the parquet rows to read
+    batch = next(iter(dm.train_dataloader()))
+    index = batch["frame_index"]
+    torch.testing.assert_close(batch["context_frames"], dm.frames["train"][index[:, :-1]])

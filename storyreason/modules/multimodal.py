@@ -148,9 +148,10 @@ class MultimodalStoryModule(StageModule):
     # ---- forward and steps -----------------------------------------------------------------------
 
     def encode_context(self, batch: Batch, z_context: torch.Tensor) -> StoryEncoding:
-        """The story model over the context; frames that overlapping windows share are encoded once."""
-        captions, lengths = batch["context_captions"], batch["context_lengths"]
-        return self.story.encode(z_context, captions, lengths, batch["frame_index"][:, :-1])
+        """The story model over the context; frames that overlapping windows share are encoded once
+        when the batch names its frames (`frame_index`, as the datamodule's batches do)."""
+        frame_ids = batch["frame_index"][:, :-1] if "frame_index" in batch else None
+        return self.story.encode(z_context, batch["context_captions"], batch["context_lengths"], frame_ids)
 
     def forward(self, batch: Batch, split: str = "predict") -> tuple[StoryEncoding, torch.Tensor]:
         """Encode the context; return the encoding and the predicted next frame (B, 3, H, W)."""
