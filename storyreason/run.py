@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from storyreason.config import validate
 from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
@@ -35,6 +36,20 @@ def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningMod
     module.load_autoencoder(ae_state)
     log.info("autoencoder from %s", ae_path)
     return module
+
+
+def keep_one_batch(trainer_cfg: DictConfig, datamodule: StoryDataModule) -> None:
+    """A fractional `trainer.limit_train_batches` (the demo recipe's 0.8) that would keep less than one
+    batch of a small train split, which Lightning refuses, keeps one batch, with a warning naming the key."""
+    limit, dataset = trainer_cfg.get("limit_train_batches"), datamodule.datasets.get("train")
+    if not isinstance(limit, float) or dataset is None:
+        return
+    batches = math.ceil(len(dataset) / datamodule.batch_size)
+    if 0 < limit < 1 and int(batches * limit) < 1:
+        log.warning("trainer.limit_train_batches=%s of %d train batch(es) keeps none: training on 1 batch per epoch",
+                    limit, batches)
+        with open_dict(trainer_cfg):
+            trainer_cfg.limit_train_batches = 1
 
 
 def final_metrics(trainer: L.Trainer, module: L.LightningModule, datamodule: StoryDataModule) -> dict[str, float]:
@@ -77,6 +92,7 @@ def train(cfg: DictConfig) -> float | None:
     module = build_module(cfg, datamodule)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
+    keep_one_batch(cfg.trainer, datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:

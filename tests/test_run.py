@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from storyreason.run import train
+from storyreason.run import keep_one_batch, train
 from tests.conftest import compose_config, read_metrics, scalars
 
 STAGE1_KEYS = ["test/l1", "test/psnr", "test/ssim"]
@@ -105,3 +107,15 @@ def test_same_seed_gives_the_same_metrics(ae_run: Path, tmp_path: Path) -> None:
     first = json.loads((ae_run / "pretrain_ae" / "run" / "metrics.json").read_text())
     assert read_metrics(cfg) == first
     assert returned == pytest.approx(first[cfg.optimized_metric])
+
+
+def test_a_fraction_that_keeps_no_batch_of_a_small_split_keeps_one(caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 2's 0.8 of a one-batch train split: Lightning would refuse it; the run trains on that batch."""
+    small, large = (SimpleNamespace(datasets={"train": range(n)}, batch_size=16) for n in (10, 40))
+    cfg = OmegaConf.create({"limit_train_batches": 0.8})
+    OmegaConf.set_struct(cfg, True)
+    keep_one_batch(cfg, large)
+    assert cfg.limit_train_batches == 0.8  # 3 batches: 0.8 keeps 2
+    keep_one_batch(cfg, small)
+    assert cfg.limit_train_batches == 1
+    assert "trainer.limit_train_batches=0.8 of 1 train batch(es) keeps none" in caplog.text
