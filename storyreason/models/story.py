@@ -209,16 +209,17 @@ class StoryModel(nn.Module):
         result is reused, with the same values and gradients as encoding every copy.
         """
         b, k, length = captions.shape
-        first, inverse = first_occurrences(frame_ids.flatten()) if frame_ids is not None else (None, None)
-        captions_once = _take(captions.flatten(0, 1), first)  # (F, L), F <= B*K distinct frames
+        ids = frame_ids.flatten() if frame_ids is not None else torch.arange(b * k, device=captions.device)
+        first, inverse = first_occurrences(ids)
+        captions_once = captions.flatten(0, 1)[first]  # (F, L), F <= B*K distinct frames
         pad = captions_once == PAD_ID
-        states, summary = self.text(captions_once, _take(lengths.flatten(), first))
-        fused = _take(self.fusion(_take(latents.flatten(0, 1), first), states, summary, pad), inverse)
+        states, summary = self.text(captions_once, lengths.flatten()[first])
+        fused = self.fusion(latents.flatten(0, 1)[first], states, summary, pad)[inverse]  # (B*K, D)
         _, hidden = self.story(fused.view(b, k, -1))
         state = hidden[-1]  # (B, S)
         latent = self.latent_head(latents, state)
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
-        last = inverse.view(b, k)[:, -1] if inverse is not None else torch.arange(k - 1, b * k, k, device=captions.device)
+        last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
         memory = self.caption.memory(states[last], captions[:, -1], maps)
         cells_pad = pad.new_zeros(b, memory.shape[1] - length)
         return StoryEncoding(state, latent, memory, torch.cat([pad[last], cells_pad], dim=1))
@@ -255,10 +256,6 @@ def first_occurrences(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     positions = torch.arange(len(ids), device=ids.device)
     first = positions.new_full((len(distinct),), len(ids)).scatter_reduce_(0, inverse, positions, "amin")
     return first, inverse
-
-
-def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return x if rows is None else x[rows]
 
 
 def mask_after_eos(tokens: torch.Tensor) -> torch.Tensor:
