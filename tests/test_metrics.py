@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
-from storyreason.metrics import caption_metrics, image_metrics, token_accuracy, update_captions, update_images
+from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+from storyreason.metrics import SSIM, caption_metrics, image_metrics, token_accuracy, update_captions, update_images
 
 VOCAB = 12
 P, E = PAD_ID, EOS_ID
@@ -94,3 +96,31 @@ def test_image_metrics_clamp_predictions_and_score_identical_images_perfectly() 
     update_images(overshoot, torch.full_like(target, 3.0), target)
     assert overshoot.compute()["test/image_l1"].item() == pytest.approx((1 - target).mean().item(), rel=1e-5)
 
+
+
+@pytest.mark.parametrize("shape", [(37, 3, 64, 64), (5, 1, 24, 40), (3, 3, 7, 9)])
+def test_ssim_equals_torchmetrics_over_batches_and_chunks(shape: tuple[int, ...]) -> None:
+    """Our SSIM (window as matrix products, in chunks) gives torchmetrics' value over batches whose
+    sizes are no multiple of the chunk, for square, oblong and barely paddable images."""
+    torch.manual_seed(0)
+    target = torch.rand(shape)
+    preds = (target + 0.2 * torch.randn(shape)).clamp(0, 1)
+    ours, theirs = SSIM(data_range=1.0, chunk=16), StructuralSimilarityIndexMeasure(data_range=1.0)
+    for metric in (ours, theirs):
+        for part in (slice(0, 2), slice(2, None)):
+            metric.update(preds[part], target[part])
+    assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-6)
+    assert 0.05 < ours.compute().item() < 0.95  # the noise is neither negligible nor everything
+
+
+def test_ssim_leaves_other_settings_to_torchmetrics() -> None:
+    """A uniform window is not ours to compute: the parent's update scores it."""
+    torch.manual_seed(0)
+    target = torch.rand(4, 3, 16, 16)
+    preds = (target + 0.2 * torch.randn_like(target)).clamp(0, 1)
+    ours = SSIM(data_range=1.0, gaussian_kernel=False, kernel_size=5)
+    theirs = StructuralSimilarityIndexMeasure(data_range=1.0, gaussian_kernel=False, kernel_size=5)
+    ours.update(preds, target)
+    theirs.update(preds, target)
+    assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-7)
+    assert ours.compute().item() != pytest.approx(SSIM(data_range=1.0)(preds, target).item(), abs=1e-3)
