@@ -11,12 +11,17 @@ one, so copy-last baselines are strong yet beatable.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from storyreason.data.stories import SPLITS, StorySplit
+
+T = TypeVar("T")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 45, 45),
@@ -124,7 +129,7 @@ class SyntheticWorld:
     def _new_object(self, rng: np.random.Generator, inside: bool) -> _Object:
         size = self.image_size
         r = int(rng.integers(self.radius[0], self.radius[1] + 1))
-        vx, vy = (rng.choice([-1.0, 1.0]) * rng.uniform(*self.speed) for _ in range(2))
+        vx, vy = (_pick(rng, (-1.0, 1.0)) * rng.uniform(*self.speed) for _ in range(2))
         if inside:
             x, y = rng.uniform(r, size - 1 - r, size=2)
         else:  # enter at a wall, moving inwards
@@ -135,7 +140,7 @@ class SyntheticWorld:
             else:
                 y = float(r) if rng.random() < 0.5 else float(size - 1 - r)
                 vy = abs(vy) if y < size / 2 else -abs(vy)
-        return _Object(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), float(x), float(y), vx, vy, r)
+        return _Object(_pick(rng, SHAPES), _pick(rng, list(COLOURS)), float(x), float(y), vx, vy, r)
 
     def _move(self, obj: _Object) -> None:
         high = self.image_size - 1 - obj.r
@@ -150,7 +155,7 @@ class SyntheticWorld:
         if objects and rng.random() < self.p_recolour:
             obj = objects[int(rng.integers(len(objects)))]
             old = obj.name
-            obj.colour = str(rng.choice([c for c in COLOURS if c != obj.colour]))
+            obj.colour = _pick(rng, [c for c in COLOURS if c != obj.colour])
             events.append(f"the {old} turns {obj.colour} .")
         if len(objects) < self.max_objects and rng.random() < self.p_appear:
             obj = self._new_object(rng, inside=False)
@@ -169,17 +174,25 @@ class SyntheticWorld:
     def _render(self, background: tuple[int, int, int], objects: list[_Object]) -> np.ndarray:
         image = np.empty((3, self.image_size, self.image_size), np.uint8)
         image[:] = np.asarray(background, np.uint8)[:, None, None]
-        yy, xx = self._yy, self._xx
         for obj in objects:
-            dx, dy = xx - obj.x, yy - obj.y
+            # every shape lies within r of its centre: only that box of pixels is tested and painted
+            top, left = max(math.floor(obj.y - obj.r), 0), max(math.floor(obj.x - obj.r), 0)
+            box = (slice(top, math.floor(obj.y + obj.r) + 1), slice(left, math.floor(obj.x + obj.r) + 1))
+            dx, dy = self._xx[box] - obj.x, self._yy[box] - obj.y
             if obj.shape == "circle":
                 mask = dx * dx + dy * dy <= obj.r * obj.r
             elif obj.shape == "square":
                 mask = (np.abs(dx) <= obj.r * 0.85) & (np.abs(dy) <= obj.r * 0.85)
             else:  # triangle, apex up
                 mask = (dy >= -obj.r) & (dy <= obj.r) & (np.abs(dx) <= (dy + obj.r) / 2)
-            image[:, mask] = np.asarray(COLOURS[obj.colour], np.uint8)[:, None]
+            image[(slice(None), *box)][:, mask] = np.asarray(COLOURS[obj.colour], np.uint8)[:, None]
         return image
+
+
+def _pick(rng: np.random.Generator, options: Sequence[T]) -> T:
+    """One of `options`, drawn as `rng.choice(options)` draws it (the same stream of numbers), without
+    turning the options into an array first: that conversion was most of the cost of a story."""
+    return options[int(rng.integers(len(options)))]
 
 
 def _bounce(pos: float, vel: float, low: float, high: float) -> tuple[float, float]:
