@@ -658,7 +658,7 @@ def demo_wall_time(root: Path, timing: Path) -> dict:
     if timing.is_file():
         seconds = json.loads(timing.read_text())
         return {"source": f"{timing} (written by make demo)",
-                **{f"{stage}_s": float(seconds[stage]) for stage in STAGES if stage in seconds}}
+                **{f"{part}_s": float(seconds[part]) for part in (*STAGES, "total") if part in seconds}}
     out: dict = {}
     sources = []
     for stage in STAGES:
@@ -1006,9 +1006,10 @@ def table(results: dict) -> str:
     if "cuda_max_allocated_mib" in memory:
         rows.append(["peak GPU memory (max_memory_allocated)", f"{memory['cuda_max_allocated_mib']:.0f}", "", "MiB"])
     demo = results["demo"]
-    for stage in STAGES:
-        if f"{stage}_s" in demo:
-            rows.append([f"demo wall time, {stage}", f"{demo[f'{stage}_s']:.0f}", "", "s"])
+    for part in (*STAGES, "total"):
+        if f"{part}_s" in demo:
+            name = "the whole command" if part == "total" else part
+            rows.append([f"demo wall time, {name}", f"{demo[f'{part}_s']:.0f}", "", "s"])
     header, *body = rows
     lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])

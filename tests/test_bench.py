@@ -107,3 +107,14 @@ def test_tiled_train_split_repeats_whole_stories(tmp_path: Path, monkeypatch: py
     batch = next(iter(dm.train_dataloader()))
     index = batch["frame_index"]
     torch.testing.assert_close(batch["context_frames"], dm.frames["train"][index[:, :-1]])
+
+
+def test_demo_wall_time_reads_the_demo_timing_with_its_total(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """(h) takes the stages and the whole command's seconds from the timing make demo writes."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench
+
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"pretrain_ae": 95.5, "multimodal": 190.0, "total": 298.2}))
+    demo = bench.demo_wall_time(tmp_path / "no-runs", timing)
+    assert (demo["pretrain_ae_s"], demo["multimodal_s"], demo["total_s"]) == (95.5, 190.0, 298.2)

@@ -11,19 +11,20 @@ def test_readme_block_between_the_markers_is_replaced_and_the_rest_kept(tmp_path
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
     block = readme_block("| metric | model |\n|---|---|\n| L1 | 0.05 |\n", {"pretrain_ae": 100.0, "multimodal": 200.0},
-                         {"bar one": True, "bar two": False}, [])
+                         312.0, {"bar one": True, "bar two": False}, [])
     assert update_readme(block, readme)
     text = readme.read_text()
     assert "old table" not in text
     assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
-    assert "`make demo` on this machine: pretrain_ae 100 s, multimodal 200 s, total 5.0 min." in text
+    assert ("`make demo` on this machine (install excluded): pretrain_ae 100 s, multimodal 200 s; "
+            "the whole command 312 s (5.2 min)." in text)
     assert "- [x] bar one\n- [ ] bar two" in text
     assert "| L1 | 0.05 |" in text and "![" in text and "docs/demo/grid.png" in text
     assert update_readme(block, readme) and readme.read_text() == text, "a second write gives the same file"
 
 
 def test_overrides_are_named_in_the_command_and_a_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
-    assert "`make demo ARGS='seed=1 data.batch_size=32'`" in readme_block("", {"a": 1.0}, {}, ["seed=1", "data.batch_size=32"])
+    assert "`make demo ARGS='seed=1 data.batch_size=32'`" in readme_block("", {"a": 1.0}, 2.0, {}, ["seed=1", "data.batch_size=32"])
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
     assert not update_readme("block", readme)
