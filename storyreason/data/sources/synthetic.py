@@ -129,7 +129,9 @@ class SyntheticWorld:
     def _new_object(self, rng: np.random.Generator, inside: bool) -> _Object:
         size = self.image_size
         r = int(rng.integers(self.radius[0], self.radius[1] + 1))
-        vx, vy = (_pick(rng, (-1.0, 1.0)) * rng.uniform(*self.speed) for _ in range(2))
+        # numpy floats, as rng.choice gave them: a moved object's position is then a numpy float64 and its
+        # mask is computed in float64 against the float32 pixel grid, which the frames depend on
+        vx, vy = (np.float64(_pick(rng, (-1.0, 1.0))) * rng.uniform(*self.speed) for _ in range(2))
         if inside:
             x, y = rng.uniform(r, size - 1 - r, size=2)
         else:  # enter at a wall, moving inwards
