@@ -85,8 +85,8 @@ class SSIM(StructuralSimilarityIndexMeasure):
         return ssim.flatten(1).mean(-1)
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Like the parent's for its defaults; any other setting (a 3-D image, a data range to learn
-        or clamp to, a uniform window, full images, a reduction of 'none') is the parent's."""
+        """Like the parent's for its defaults; any other setting (a 3-D image, a data range read from the
+        images or a (min, max) to clamp to, a uniform window, full images, no reduction) is the parent's."""
         kernel_pad = 5
         plain = (
             self.gaussian_kernel and self.sigma == 1.5 and self.reduction in ("elementwise_mean", "sum")
