@@ -2,9 +2,9 @@
 
 Each stage runs train.py as the user would run it (`python train.py stage=...`), so the demo exercises
 the documented commands; both run in this one interpreter, so the second stage does not pay the
-~10 s of importing torch, Lightning and torchmetrics again. Extra arguments are passed to both stages as Hydra overrides. The report, a
-sample grid and the wall times go to docs/demo/, and the README's results block is rewritten from
-them, so what the README shows is always the output of the last demo.
+~10 s of importing torch, Lightning and torchmetrics again. Extra arguments are passed to both stages
+as Hydra overrides. The report, a sample grid and the wall times go to docs/demo/, and the README's
+results block is rewritten from them, so what the README shows is always the output of the last demo.
 """
 
 from __future__ import annotations

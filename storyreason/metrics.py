@@ -40,9 +40,15 @@ def image_metrics(prefix: str, stem: str = "image_") -> MetricCollection:
     )
 
 
-def gaussian_window(size: int, kernel: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_taps(sigma: float) -> int:
+    """Taps of the Gaussian window torchmetrics' SSIM uses for `sigma` (11 for its default 1.5)."""
+    return int(3.5 * sigma + 0.5) * 2 + 1
+
+
+def gaussian_window(size: int, sigma: float = 1.5) -> torch.Tensor:
     """(size, size) matrix W such that W @ x filters the rows of x (size, n) as torchmetrics' SSIM does:
-    reflect-pad by kernel // 2, then a normalized 1-D Gaussian of `kernel` taps, keeping the size."""
+    reflect-pad by half the window, then a normalized 1-D Gaussian, keeping the size."""
+    kernel = gaussian_taps(sigma)
     pad = kernel // 2
     offsets = torch.arange(kernel, dtype=torch.float64) - pad
     taps = torch.exp(-((offsets / sigma) ** 2) / 2)
@@ -53,7 +59,7 @@ def gaussian_window(size: int, kernel: int = 11, sigma: float = 1.5) -> torch.Te
 
 
 class SSIM(StructuralSimilarityIndexMeasure):
-    """torchmetrics' SSIM (11-tap Gaussian window, sigma 1.5, reflect padding, mean over each image),
+    """torchmetrics' SSIM (Gaussian window, 11 taps for sigma 1.5, reflect padding, mean over each image),
     computed with the separable window as two matrix products per image, `chunk` images at a time.
 
     torchmetrics convolves the whole batch with a grouped 11x11 kernel: ~4 GFLOP/s on a CPU, most of
@@ -70,7 +76,7 @@ class SSIM(StructuralSimilarityIndexMeasure):
     def _window(self, size: int, like: torch.Tensor) -> torch.Tensor:
         key = (size, like.device, like.dtype)
         if key not in self._windows:
-            self._windows[key] = gaussian_window(size).to(like)
+            self._windows[key] = gaussian_window(size, self.sigma).to(like)
         return self._windows[key]
 
     def _similarity(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,12 +93,13 @@ class SSIM(StructuralSimilarityIndexMeasure):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Like the parent's for its defaults; any other setting (a 3-D image, a data range read from the
         images or a (min, max) to clamp to, a uniform window, full images, no reduction) is the parent's."""
-        kernel_pad = 5
         plain = (
-            self.gaussian_kernel and self.sigma == 1.5 and self.reduction in ("elementwise_mean", "sum")
-            and isinstance(self.data_range, float) and not (self.return_full_image or self.return_contrast_sensitivity)
+            self.gaussian_kernel and isinstance(self.sigma, (int, float)) and isinstance(self.data_range, float)
+            and self.reduction in ("elementwise_mean", "sum")
+            and not (self.return_full_image or self.return_contrast_sensitivity)
         )
-        if not plain or preds.ndim != 4 or preds.shape != target.shape or min(preds.shape[-2:]) <= kernel_pad:
+        paddable = plain and min(preds.shape[-2:]) > gaussian_taps(self.sigma) // 2  # reflect padding needs it
+        if not paddable or preds.ndim != 4 or preds.shape != target.shape:
             super().update(preds, target)
             return
         preds, target = preds.contiguous(), target.to(preds.dtype).contiguous()
