@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from storyreason.data.tokenizer import WordTokenizer
 from storyreason.modules.autoencoder import AutoencoderModule
 from storyreason.modules.multimodal import MultimodalStoryModule
 
@@ -123,7 +124,7 @@ def resolve_checkpoint(ckpt_path: str | Path | None) -> Path:
 def module_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
     """The stage's LightningModule rebuilt from a checkpoint alone, in eval mode, and the loaded checkpoint.
 
-    The hyperparameters are plain values (vocabulary, autoencoder and story sizes, context length),
+    The hyperparameters are plain values (the tokenizer as JSON, autoencoder and story sizes, context length),
     so nothing else is read: a stage-2 module gets its autoencoder weights from the same state dict,
     never from the `ae_ckpt` path it was trained with.
     """
@@ -137,6 +138,9 @@ def module_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, dict[st
             f"not one of {sorted(modules)}"
         )
     cls = modules[stage]
+    if stage == STORY_STAGE and "vocab" in hparams and "tokenizer_state" not in hparams:
+        # saved before tokenizers were fitted objects: a whitespace word vocabulary, kept as it was
+        hparams["tokenizer_state"] = WordTokenizer(hparams.pop("vocab"), split_punctuation=False).to_json()
     accepted = inspect.signature(cls.__init__).parameters
     dropped = sorted(set(hparams) - set(accepted))
     if dropped:

@@ -90,7 +90,7 @@ def predict(cfg: DictConfig) -> None:
     module.decoding = {k: cfg.predict[k] for k in ("beam_size", "max_len", "length_penalty")}
     folder = OmegaConf.select(cfg, "predict.input", throw_on_missing=False)
     frames, captions = read_story(folder, hparams["context"], hparams["autoencoder"]["image_size"])
-    unknown = sorted({w for c in captions for w in c.split() if w not in module.tokenizer.index})
+    unknown = module.tokenizer.unknown(captions)
     if unknown:
         log.warning("words this checkpoint never saw in training, read as %s: %s", UNK, " ".join(unknown[:20]))
     image, caption = predict_next(module, frames, captions)

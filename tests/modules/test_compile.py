@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from storyreason.data.tokenizer import WordTokenizer
 from storyreason.modules.autoencoder import AutoencoderModule
 from storyreason.modules.multimodal import MultimodalStoryModule
 
 AE = {"image_size": 32, "channels": [8, 16], "latent_dim": 64}
 STORY = {"embed_dim": 8, "text_dim": 8, "fusion_dim": 8, "state_dim": 8, "decoder_dim": 8, "heads": 2, "latent_hidden": 8}
-VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>", "red"]
+VOCAB = WordTokenizer(["<pad>", "<bos>", "<eos>", "<unk>", "red"]).to_json()
 
 
 def test_compiled_autoencoder_checkpoint_loads_into_an_eager_module() -> None:
