@@ -780,8 +780,8 @@ def stage2(cfg: DictConfig, args: argparse.Namespace, device: torch.device, prec
     windows = len(dm.datasets["train"])
 
     def new_module(cache_latents: bool) -> MultimodalStoryModule:
-        module = instantiate(cfg.model, vocab=dm.tokenizer.vocab, ae_ckpt=None, cache_latents=cache_latents,
-                             _convert_="all")
+        module = instantiate(cfg.model, tokenizer_state=dm.tokenizer.to_json(), max_caption_len=dm.max_caption_len,
+                             ae_ckpt=None, cache_latents=cache_latents, _convert_="all")
         module.load_autoencoder(ae_state)
         return module.to(device)
 

@@ -6,7 +6,8 @@ directory it writes:
   metrics.json   the split's metrics, keys as in training
   report.md      the model beside every baseline for every metric, the grids, the loss curves
   grids/         PNG grids `context .. | target | prediction` of stories chosen evenly over the split
-  captions.tsv   story id, reference, generated and copy-last caption of every window
+  captions.tsv   story id, target frame (0-based, in the story), reference, generated and copy-last caption
+                 of every window; references are the data's captions, whole
   curves/        loss curves from the training run's TensorBoard events (when it has them)
 """
 
@@ -39,7 +40,7 @@ SPLITS = ("val", "test")
 
 
 def checkpoint_datamodule(cfg: DictConfig, hparams: dict[str, Any]) -> StoryDataModule:
-    """The configured data source, read as the checkpoint was trained: its vocabulary, image size,
+    """The configured data source, read as the checkpoint was trained: its tokenizer, image size,
     context length and caption length replace the data config's."""
     stage = hparams["stage"]
     settings = {
@@ -53,8 +54,8 @@ def checkpoint_datamodule(cfg: DictConfig, hparams: dict[str, Any]) -> StoryData
             if cfg.data.get(key) != value:
                 log.info("data.%s=%s from the checkpoint (the config had %s)", key, value, cfg.data.get(key))
             cfg.data[key] = value
-    vocab = hparams.get("vocab") if stage == STORY_STAGE else None
-    return instantiate(cfg.data, vocab=vocab, _convert_="all")
+    tokenizer_state = hparams.get("tokenizer_state") if stage == STORY_STAGE else None
+    return instantiate(cfg.data, tokenizer_state=tokenizer_state, _convert_="all")
 
 
 def grid_windows(story_ids: list[str], count: int) -> list[int]:
@@ -83,9 +84,10 @@ class Recorder(L.Callback):
     captions and the images of the grid windows. The batches and cached latents are the metrics'
     own, so captions.tsv shows exactly the captions that were scored."""
 
-    def __init__(self, split: str, story_ids: list[str], picked: set[int]) -> None:
+    def __init__(self, split: str, story_ids: list[str], picked: set[int], frame_numbers: list[int] | None = None) -> None:
         self.split, self.story_ids, self.picked = split, story_ids, picked
-        self.captions: list[tuple[str, str, str, str]] = []  # story, reference, generated, copy-last
+        self.frame_numbers = frame_numbers or [0] * len(story_ids)
+        self.captions: list[tuple[str, int, str, str, str]] = []  # story, target frame, reference, generated, copy-last
         self.rows: dict[int, GridRow] = {}
         self.seen = 0  # windows (or frames) recorded so far: batches come in dataset order
 
@@ -99,9 +101,10 @@ class Recorder(L.Callback):
             with trainer.precision_plugin.forward_context():
                 enc, image = module(batch, self.split)
                 generated = module.decode(module.generate(enc))
-            reference = module.decode(batch["target_caption"])
-            last = module.decode(batch["context_captions"][:, -1])
-            self.captions += zip(self.story_ids[first : self.seen], reference, generated, last)
+            reference = module.reference_text(batch, self.split)
+            last = module.reference_text(batch, self.split, position=-2)
+            self.captions += zip(self.story_ids[first : self.seen], self.frame_numbers[first : self.seen], reference,
+                                 generated, last)
             for i in picked:
                 j = i - first
                 context = to_unit(batch["context_frames"][j]).cpu()  # (K, 3, H, W)
@@ -180,7 +183,7 @@ def write_captions(recorder: Recorder, path: Path) -> None:
     """captions.tsv: one line per window, with a header."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["story_id", "reference", "generated", "copy_last_caption"])
+        writer.writerow(["story_id", "target_frame", "reference", "generated", "copy_last_caption"])
         writer.writerows(recorder.captions)
 
 
@@ -249,7 +252,7 @@ def same_data_as_training(cfg: DictConfig, run: Path | None) -> bool | None:
 
 
 def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], metrics: dict[str, float],
-                 grids: list[Path], curves: list[Path], captions: list[tuple[str, str, str, str]]) -> None:
+                 grids: list[Path], curves: list[Path], captions: list[tuple[str, int, str, str, str]]) -> None:
     """report.md: what was evaluated, the table, the grids, a few captions and the loss curves."""
     split, out = cfg.eval.split, path.parent
     decoding = "greedy" if cfg.eval.beam_size == 1 else f"beam search, beam {cfg.eval.beam_size}"
@@ -262,7 +265,12 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
            None: ""}[info["same_data"]],
     ]
     if info["stage"] == STORY_STAGE:
-        lines.append(f"- caption decoding: {decoding}, at most {info['max_len']} tokens")
+        lines += [
+            f"- caption decoding: {decoding}, at most {info['max_len']} tokens",
+            f"- caption tokens: {info['tokenizer']} tokenizer, {info['vocab_size']} entries. Token accuracy (forced and"
+            " free) and perplexity count these tokens; BLEU (sacrebleu 13a tokens), chrF and ROUGE-L score the"
+            " detokenised text against the data's whole captions, so they compare across tokenizers",
+        ]
     lines += ["", f"## Model and baselines ({split})", "", markdown_table(*results_table(metrics, split)), ""]
     if info["stage"] == STORY_STAGE:
         lines += [
@@ -279,7 +287,7 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
         lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in grids] + [""]
     if captions:
         shown = captions[: min(len(captions), 8)]
-        header = ["story", "reference", "generated", "copy last caption"]
+        header = ["story", "frame", "reference", "generated", "copy last caption"]
         lines += ["## Captions", "", f"The first {len(shown)} of {len(captions)} windows; all are in `captions.tsv`.",
                   "", markdown_table(header, [list(c) for c in shown], numbers=False), ""]
     lines += ["## Loss curves", ""]
@@ -307,7 +315,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     story_ids = datamodule.story_ids(split)
     if stage == STORY_STAGE:
         module.decoding = {k: cfg.eval[k] for k in ("beam_size", "max_len", "length_penalty")}
-    recorder = Recorder(split, story_ids, set(grid_windows(story_ids, cfg.eval.num_stories)))
+    frame_numbers = datamodule.target_frames(split).tolist() if stage == STORY_STAGE else None
+    recorder = Recorder(split, story_ids, set(grid_windows(story_ids, cfg.eval.num_stories)), frame_numbers)
     progress = [instantiate(c) for c in cfg.get("callbacks", {}).values() if "ProgressBar" in c.get("_target_", "")]
     trainer: L.Trainer = instantiate(
         cfg.trainer, devices=1, num_nodes=1, strategy="auto", callbacks=[recorder, *progress], logger=False,
@@ -335,6 +344,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         "items": len(story_ids), "unit": "windows" if stage == STORY_STAGE else "frames", "same_data": same_data,
         "max_len": cfg.eval.max_len or hparams.get("max_caption_len"),
     }
+    if stage == STORY_STAGE:
+        info |= {"tokenizer": module.tokenizer.kind, "vocab_size": len(module.tokenizer)}
     write_report(out / "report.md", cfg, ckpt, info, metrics, grids, curves, recorder.captions)
     print_table(metrics, split, title=f"{stage} checkpoint, {split} split")
     log.info("report: %s", out / "report.md")

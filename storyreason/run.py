@@ -25,14 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningModule:
-    """The stage's LightningModule; stage 2 gets the train vocabulary and the stage-1 autoencoder."""
+    """The stage's LightningModule; stage 2 gets the fitted caption tokenizer, the caption length and the
+    stage-1 autoencoder."""
     if cfg.stage.name == "pretrain_ae":
         return instantiate(cfg.model, _convert_="all")
     ae_path = resolve_ae_checkpoint(cfg.model.ae_ckpt, cfg.paths.root)
     ae_state = autoencoder_state(ae_path, OmegaConf.to_container(cfg.model.autoencoder, resolve=True))
     prepare_data_once(datamodule)  # before the trainer exists: one build per node under DDP
     datamodule.setup("fit")
-    module = instantiate(cfg.model, vocab=datamodule.tokenizer.vocab, ae_ckpt=str(ae_path), _convert_="all")
+    module = instantiate(cfg.model, tokenizer_state=datamodule.tokenizer.to_json(),
+                         max_caption_len=datamodule.max_caption_len, ae_ckpt=str(ae_path), _convert_="all")
     module.load_autoencoder(ae_state)
     log.info("autoencoder from %s", ae_path)
     return module
@@ -96,8 +98,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
-        datamodule.tokenizer.save(out / "vocab.json")
+        datamodule.tokenizer.save(out / "tokenizer.json")
     metrics = final_metrics(trainer, module, datamodule)
+    metrics |= {f"data/{k}": float(v) for k, v in datamodule.text_stats.items()}
     if trainer.is_global_zero:
         write_json_atomic(out / "metrics.json", metrics)
         for logger in trainer.loggers:

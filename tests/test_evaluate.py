@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torchmetrics import MetricCollection
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
@@ -82,10 +83,26 @@ def test_report_has_every_metric_for_the_model_and_every_baseline(evaluated: Pat
 def test_captions_tsv_has_every_window(story_run: Path, evaluated: Path) -> None:
     with open(evaluated / "captions.tsv", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
-    assert rows[0] == ["story_id", "reference", "generated", "copy_last_caption"]
+    assert rows[0] == ["story_id", "target_frame", "reference", "generated", "copy_last_caption"]
     windows = 6 * (6 - 4)  # TINY: 6 test stories of 6 frames, K = 4
     assert len(rows) == 1 + windows
-    assert all(len(r) == 4 and r[0].startswith("synthetic-test-") and r[1] for r in rows[1:])
+    assert all(len(r) == 5 and r[0].startswith("synthetic-test-") and r[2] for r in rows[1:])
+    assert [r[1] for r in rows[1:3]] == ["4", "5"]  # a story's windows predict its frames 4 and 5
+
+
+def test_captions_tsv_references_are_the_data_captions_whole(story_run: Path, evaluated: Path, tmp_path: Path) -> None:
+    """The reference column is each target frame's caption as the data has it, not the ids cut to the caption length."""
+    cfg = compose_config(tmp_path, "multimodal", [f"paths.cache={story_run.parents[1] / 'cache'}"])
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup("test")
+    test = data.splits["test"]
+    with open(evaluated / "captions.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    stories = {sid: i for i, sid in enumerate(test.story_ids)}
+    for row in rows:
+        frame = test.offsets[stories[row["story_id"]]] + int(row["target_frame"])
+        assert row["reference"] == test.captions[frame]
+        assert row["copy_last_caption"] == test.captions[frame - 1]
 
 
 def test_beam_search_changes_only_the_generated_caption_metrics(story_run: Path, tmp_path: Path) -> None:

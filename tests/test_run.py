@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from storyreason.data.tokenizer import CaptionTokenizer
 from storyreason.run import keep_one_batch, train
 from tests.conftest import compose_config, read_metrics, scalars
 
@@ -74,11 +75,14 @@ def test_stage2_run_directory(story_run: Path) -> None:
         assert scalars(story_run, tag), f"no TensorBoard scalar {tag}"
 
 
-def test_stage2_vocabulary_is_saved_with_the_run_and_the_checkpoint(story_run: Path) -> None:
-    vocab = json.loads((story_run / "vocab.json").read_text())["vocab"]
+def test_stage2_tokenizer_and_caption_length_are_saved_with_the_run_and_the_checkpoint(story_run: Path) -> None:
+    saved = (story_run / "tokenizer.json").read_text()
+    metrics = json.loads((story_run / "metrics.json").read_text())
+    assert metrics["data/vocab_size"] == len(CaptionTokenizer.from_json(saved))
     for name in ("best.ckpt", "last.ckpt"):
         ckpt = torch.load(story_run / "checkpoints" / name, map_location="cpu", weights_only=True)
-        assert ckpt["hyper_parameters"]["vocab"] == vocab
+        assert ckpt["hyper_parameters"]["tokenizer_state"] == saved
+        assert ckpt["hyper_parameters"]["max_caption_len"] == metrics["data/max_caption_len"]
 
 
 def test_stage1_learns_on_a_few_steps(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from storyreason.data.cache import StorySource, build_cache, cache_path, load_ca
 from storyreason.data.errors import DataError
 from storyreason.data.samplers import EpochSampler
 from storyreason.data.stories import SPLITS, StorySplit
-from storyreason.data.tokenizer import CaptionTokenizer
+from storyreason.data.tokenizer import UNK_ID, CaptionTokenizer, caption_length, pad_captions
 from storyreason.data.windows import FrameDataset, WindowDataset, collate_batch, window_index
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,10 @@ class StoryDataModule(L.LightningDataModule):
     """Serves one story source as frames (`item=frames`) or windows of `context` + 1 frames.
 
     Frames stay uint8 tensors in memory; models scale them to [0, 1] on the batch. The caption
-    tokenizer is built on the train split, or restored from `vocab` (a checkpoint's vocabulary).
+    tokenizer (`tokenizer`: word or bpe) is fitted on the train split, or restored from
+    `tokenizer_state` (a checkpoint's). `max_caption_len="auto"` is the smallest length that holds
+    `caption_coverage` of the train captions whole; `text_stats` reports the vocabulary size, the
+    caption length, each split's truncated share and the test split's <unk> rate.
     `path` and `skip_bad` are the input settings of the file-based sources, kept at data level so
     the command line reads `data.path=...`; their configs interpolate them into `source:`. Stories
     the source skipped are listed in `report_dir/skipped_stories.json` (the run directory).
@@ -61,13 +64,18 @@ class StoryDataModule(L.LightningDataModule):
         stride: int = 1,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        max_caption_len: int = 32,
+        max_caption_len: int | str = "auto",
+        caption_coverage: float = 0.99,
+        tokenizer: str = "word",
+        lowercase: bool = False,
+        vocab_min_count: int = 1,
+        vocab_max_size: int | None = None,
+        tokenizer_state: str | None = None,
         cache_dir: str = ".cache/storyreason",
         num_workers: int = 0,
         pin_memory: bool | None = None,
         resident: bool | str = "auto",
         story_batches: bool = True,
-        vocab: list[str] | None = None,
         path: str | None = None,
         skip_bad: bool = False,
         report_dir: str | None = None,
@@ -86,7 +94,12 @@ class StoryDataModule(L.LightningDataModule):
         self.item, self.context, self.stride = item, context, stride
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        if max_caption_len != "auto" and not (isinstance(max_caption_len, int) and max_caption_len >= 2):
+            raise ValueError(f"data.max_caption_len must be an integer >= 2 or auto, got {max_caption_len!r}")
         self.max_caption_len = max_caption_len
+        self.caption_coverage = caption_coverage
+        self.tokenizer_settings = {"kind": tokenizer, "lowercase": lowercase, "min_count": vocab_min_count,
+                                   "max_size": vocab_max_size}
         self.cache_dir = cache_dir
         if resident not in (True, False, "auto"):
             raise ValueError(f"data.resident must be true, false or auto, got {resident!r}")
@@ -95,7 +108,9 @@ class StoryDataModule(L.LightningDataModule):
                              f"set data.num_workers=0 (got {num_workers})")
         self.num_workers, self.pin_memory, self.resident = num_workers, pin_memory, resident
         self.story_batches = story_batches
-        self.tokenizer = CaptionTokenizer(vocab) if vocab else None
+        self.tokenizer = CaptionTokenizer.from_json(tokenizer_state) if tokenizer_state else None
+        self.references: dict[str, list[str]] = {}  # each frame's caption as generated text is scored against
+        self.text_stats: dict[str, float] = {}
         self.path, self.skip_bad = path, skip_bad
         self.report_dir = report_dir
         self.splits: dict[str, StorySplit] = {}
@@ -135,8 +150,8 @@ class StoryDataModule(L.LightningDataModule):
         """Splits from the cache, the tokenizer and each split's dataset, on the CPU."""
         self.splits = load_cache(cache_path(self.source, self.cache_dir))
         self._report_skipped()
-        if self.tokenizer is None:
-            self.tokenizer = CaptionTokenizer.build(self.splits["train"].captions)
+        if self.tokenizer is None and self.item == "windows":
+            self.tokenizer = CaptionTokenizer.fit(self.splits["train"].captions, **self.tokenizer_settings)
         for split in SPLITS:
             data = self.splits[split]
             if data.frames.shape[2:] != (self.image_size, self.image_size):
@@ -148,10 +163,7 @@ class StoryDataModule(L.LightningDataModule):
             if self.item == "frames":
                 self.datasets[split] = FrameDataset(frames)
                 continue
-            tokens, lengths = self.tokenizer.encode_batch(data.captions, self.max_caption_len)
-            truncated = sum(len(c.split()) >= self.max_caption_len for c in data.captions)
-            log.info("%s: %.1f%% of %d captions truncated to data.max_caption_len=%d tokens",
-                     split, 100 * truncated / max(len(data.captions), 1), len(data.captions), self.max_caption_len)
+            tokens, lengths = self._tokenize(split, data.captions)
             windows = window_index(data.offsets, self.context, self.stride)
             short = int((data.story_lengths <= self.context).sum())
             if short:
@@ -159,6 +171,25 @@ class StoryDataModule(L.LightningDataModule):
                             split, short, data.num_stories, self.context + 1)
             self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(windows))
         self._require_items("train")
+
+    def _tokenize(self, split: str, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Padded ids and lengths of a split's captions; the train split fixes an `auto` caption length."""
+        token_ids = self.tokenizer.token_ids(captions)
+        full = np.array([len(ids) + 1 for ids in token_ids], np.int64)  # <eos> included
+        if self.max_caption_len == "auto":
+            self.max_caption_len = caption_length(full, self.caption_coverage)
+            log.info("data.max_caption_len=auto: %d tokens hold %.1f%% of the train captions whole",
+                     self.max_caption_len, 100 * self.caption_coverage)
+        truncated = float((full > self.max_caption_len).mean()) if len(full) else 0.0
+        unknown = sum(ids.count(UNK_ID) for ids in token_ids) / max(int(full.sum()) - len(full), 1)
+        log.info("%s: %.1f%% of %d captions truncated to data.max_caption_len=%d tokens; %.2f%% of tokens <unk>",
+                 split, 100 * truncated, len(captions), self.max_caption_len, 100 * unknown)
+        self.text_stats |= {"vocab_size": len(self.tokenizer), "max_caption_len": self.max_caption_len,
+                            f"{split}_truncated_share": truncated, f"{split}_unk_rate": unknown}
+        if split == "train":
+            log.info("caption tokenizer: %s, %d entries", self.tokenizer.kind, len(self.tokenizer))
+        self.references[split] = [self.tokenizer.normalize(c) for c in captions]
+        return pad_captions(token_ids, self.max_caption_len)
 
     def _require_items(self, split: str) -> None:
         """An error when short stories left `split` without a single window."""
@@ -187,6 +218,11 @@ class StoryDataModule(L.LightningDataModule):
         data = self.splits[split]
         owner = np.repeat(np.arange(data.num_stories), data.story_lengths)
         return owner if self.item == "frames" else owner[self.datasets[split].windows[:, -1].cpu().numpy()]
+
+    def target_frames(self, split: str) -> np.ndarray:
+        """Frame number (0-based, within its story) of every window's target in `split`, in dataset order."""
+        target = self.datasets[split].windows[:, -1].cpu().numpy()
+        return target - self.splits[split].offsets[self.story_index(split)]
 
     def story_ids(self, split: str) -> list[str]:
         """Story id of every window (or frame) of `split`, in dataset order."""

@@ -34,7 +34,7 @@ class MultimodalStoryModule(StageModule):
 
     def __init__(
         self,
-        vocab: list[str],
+        tokenizer_state: str,
         autoencoder: dict,
         story: dict,
         context: int = 4,
@@ -61,7 +61,8 @@ class MultimodalStoryModule(StageModule):
             raise ValueError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
         self.save_hyperparameters()
         self.hparams.loss_weights = loss_weights
-        self.tokenizer = CaptionTokenizer(vocab)
+        self.tokenizer = CaptionTokenizer.from_json(tokenizer_state)
+        vocab = self.tokenizer.vocab
         self.autoencoder = ConvAutoencoder(**autoencoder)
         latent_shape = (self.autoencoder.latent_channels, self.autoencoder.grid, self.autoencoder.grid)
         self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
@@ -189,7 +190,7 @@ class MultimodalStoryModule(StageModule):
         update_images(m["image"], image, target)
         m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference)
-        reference_text = self.decode(reference)
+        reference_text = self.reference_text(batch, split)
         generated = self.generate(enc)
         update_captions(m["caption"], generated, reference, self.decode(generated), reference_text)
         scored = ("image", "caption")
@@ -199,7 +200,8 @@ class MultimodalStoryModule(StageModule):
             update_images(m["mean_context"], context.mean(dim=1), target)
             update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
             last = batch["context_captions"][:, -1]
-            update_captions(m["copy_last_caption"], last, reference, self.decode(last), reference_text)
+            last_text = self.reference_text(batch, split, position=-2)
+            update_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
             scored += BASELINES
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
         self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
@@ -225,6 +227,16 @@ class MultimodalStoryModule(StageModule):
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """(B, L) ids -> B caption strings."""
         return [self.tokenizer.decode(row) for row in tokens.tolist()]
+
+    def reference_text(self, batch: Batch, split: str, position: int = -1) -> list[str]:
+        """The captions of the window frames at `position` (-1: the target) as the data holds them, whole
+        and normalised: text metrics score against these, so they do not depend on the tokenizer, its
+        <unk>s or the caption length. Without the datamodule's frame ids, the decoded reference ids."""
+        references = getattr(getattr(self._trainer, "datamodule", None), "references", {}).get(split)
+        if references is None or "frame_index" not in batch:
+            ids = batch["target_caption"] if position == -1 else batch["context_captions"][:, position + 1]
+            return self.decode(ids)
+        return [references[i] for i in batch["frame_index"][:, position].tolist()]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.data.stories import SPLITS
-from storyreason.data.tokenizer import CaptionTokenizer
+from storyreason.data.tokenizer import CaptionTokenizer, WordTokenizer
 from tests.conftest import compose_config
 
 
@@ -71,15 +71,15 @@ def test_target_differs_from_the_last_context_frame(windows: StoryDataModule) ->
 
 
 def test_tokenizer_is_built_on_the_train_split(windows: StoryDataModule) -> None:
-    assert windows.tokenizer.vocab == CaptionTokenizer.build(windows.splits["train"].captions).vocab
+    assert windows.tokenizer.vocab == CaptionTokenizer.fit(windows.splits["train"].captions).vocab
 
 
-def test_a_given_vocabulary_is_used_instead_of_a_new_one(windows: StoryDataModule, tmp_path: Path) -> None:
-    """A checkpoint's vocabulary is restored as is, whatever the train split would give."""
+def test_a_given_tokenizer_is_used_instead_of_a_new_one(windows: StoryDataModule, tmp_path: Path) -> None:
+    """A checkpoint's tokenizer is restored as is, whatever the train split would give."""
     specials, words = windows.tokenizer.vocab[:4], windows.tokenizer.vocab[4:]
     vocab = specials + words[::-1]
     cfg = compose_config(tmp_path, "multimodal", [f"paths.cache={windows.cache_dir}"])
-    dm = instantiate(cfg.data, vocab=vocab, _convert_="all")
+    dm = instantiate(cfg.data, tokenizer_state=WordTokenizer(vocab).to_json(), _convert_="all")
     dm.setup("fit")
     assert dm.tokenizer.vocab == vocab
     first = windows.splits["train"].captions[0]
@@ -132,8 +132,8 @@ def test_loader_settings_follow_the_trainer_device(
     windows: StoryDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, overrides: list[str],
     moved: bool, pinned: bool | None,
 ) -> None:
-    dm = instantiate(compose_config(tmp_path, "multimodal", overrides).data, vocab=windows.tokenizer.vocab,
-                     _convert_="all")
+    dm = instantiate(compose_config(tmp_path, "multimodal", overrides).data,
+                     tokenizer_state=windows.tokenizer.to_json(), _convert_="all")
     dm.cache_dir = windows.cache_dir
     targets = []
     monkeypatch.setattr(dm, "to_device", targets.append)
