@@ -1,24 +1,33 @@
 """Metric collections (torchmetrics, accumulated over a whole split) shared by both stages and evaluation.
 
 Images: L1, MSE, PSNR, SSIM. Captions: teacher-forced token accuracy and perplexity (they need the
-model's token distribution), free-running token accuracy, corpus BLEU-1..4, chrF and ROUGE-L of the
-generated text. BLEU and chrF are counted here once per batch with `Counter`s: torchmetrics' own
-versions update a tensor per n-gram and cost seconds per validation epoch (its chrF about 20 s per
-1,000 captions), which training would pay every epoch. SSIM is torchmetrics' metric with its Gaussian
-window applied as matrix products (`SSIM`), for the same reason.
+model's token distribution) and free-running token accuracy, all three in the caption tokenizer's
+tokens; corpus BLEU-1..4, chrF and ROUGE-L of the generated text, computed on detokenised strings
+with one standard tokenisation each (BLEU: sacrebleu's `13a`, as torchmetrics' SacreBLEUScore uses;
+chrF: characters without spaces; ROUGE-L: lower-cased letters and digits, as torchmetrics'
+ROUGEScore), so they compare across tokenizers and with published work.
+
+BLEU and chrF are counted here once per batch with `Counter`s and ROUGE-L's longest common
+subsequence with bit-parallel integers: torchmetrics' own versions update a tensor per n-gram or
+fill a Python table per pair and cost seconds to minutes per validation of prose captions (its
+chrF about 20 s per 1,000 short captions), which training would pay every epoch. Tests pin each to
+the library's values. SSIM is torchmetrics' metric with its Gaussian window applied as matrix
+products (`SSIM`), for the same reason.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-from torchmetrics.text import ROUGEScore
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from storyreason.data.tokenizer import PAD_ID
 
@@ -143,59 +152,101 @@ class TokenPerplexity(Metric):
         return (self.nll / self.tokens.clamp(min=1)).exp().float()
 
 
-def _ngrams(items: Sequence[str] | str, n: int) -> Counter:
-    """Counts of the n-grams of a token list (as tuples) or of a string (as substrings)."""
-    if isinstance(items, str):
-        return Counter(items[i : i + n] for i in range(len(items) - n + 1))
-    return Counter(tuple(items[i : i + n]) for i in range(len(items) - n + 1))
+def _ngrams(items: Sequence[str], n: int) -> Counter:
+    """Counts of the n-grams of a token list, as tuples."""
+    return Counter(zip(*(items[i:] for i in range(n))))
+
+
+def _char_matches(pred: str, ref: str, orders: int) -> list[int]:
+    """Clipped matches of character n-grams, n = 1..orders, of two strings: each n-gram is packed into
+    one integer (10 bits per character, numbered within the pair) and counted with numpy, several
+    times faster than counting substrings; pairs of over 1,024 distinct characters count substrings."""
+    if not pred or not ref:
+        return [0] * orders
+    chars, ids = np.unique(np.frombuffer((pred + ref).encode("utf-32-le"), np.uint32), return_inverse=True)
+    if len(chars) > 1024:
+        return [sum((Counter(pred[i : i + n] for i in range(len(pred) - n + 1))
+                     & Counter(ref[i : i + n] for i in range(len(ref) - n + 1))).values()) for n in range(1, orders + 1)]
+    ids = ids.astype(np.int64)
+    p, r = ids[: len(pred)], ids[len(pred) :]
+    matches = []
+    for n in range(1, orders + 1):
+        if n > min(len(p), len(r)):
+            matches.append(0)
+            continue
+        cp, cr = p[: len(p) - n + 1], r[: len(r) - n + 1]
+        for k in range(1, n):
+            cp, cr = (cp << 10) | p[k : len(p) - n + 1 + k], (cr << 10) | r[k : len(r) - n + 1 + k]
+        up, count_p = np.unique(cp, return_counts=True)
+        ur, count_r = np.unique(cr, return_counts=True)
+        _, i, j = np.intersect1d(up, ur, assume_unique=True, return_indices=True)
+        matches.append(int(np.minimum(count_p[i], count_r[j]).sum()))
+    return matches
+
+
+tokenize_13a = Tokenizer13a()  # sacrebleu's default: punctuation split off words, as WMT scores BLEU
+
+
+def bleu_counts(preds: Sequence[str], target: Sequence[str], orders: int = 4) -> torch.Tensor:
+    """(2 * orders + 2,) float64: clipped n-gram matches and n-gram totals of the generated captions per
+    order, then generated and reference lengths, all in 13a tokens."""
+    counts = [0] * (2 * orders + 2)
+    for pred, ref in zip(preds, target, strict=True):
+        p, r = tokenize_13a(pred).split(), tokenize_13a(ref).split()
+        counts[-2] += len(p)
+        counts[-1] += len(r)
+        for n in range(1, orders + 1):
+            counts[n - 1] += sum((_ngrams(p, n) & _ngrams(r, n)).values())
+            counts[orders + n - 1] += max(len(p) - n + 1, 0)
+    return torch.tensor(counts, dtype=torch.float64)
 
 
 class CorpusBLEU(Metric):
-    """Corpus BLEU-n of whitespace tokens: clipped n-gram precisions of orders 1..n, their uniform
-    geometric mean and the brevity penalty, no smoothing (the value torchmetrics' BLEUScore gives).
+    """Corpus BLEU-n of 13a tokens: clipped n-gram precisions of orders 1..n, their uniform geometric
+    mean and the brevity penalty, no smoothing (sacrebleu's corpus BLEU with `smooth_method="none"`,
+    and torchmetrics' SacreBLEUScore).
 
-    One reference per caption: `update(generated, references)` takes two lists of strings.
+    One reference per caption: `update(generated, references)` takes two lists of strings. The counts
+    always cover orders 1..4, so BLEU-1..4 of one collection can share one count (`update_captions`).
     """
 
     full_state_update = False
     higher_is_better = True
+    orders = 4
 
     def __init__(self, n_gram: int = 4, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not 1 <= n_gram <= self.orders:
+            raise ValueError(f"BLEU order must be in 1..{self.orders}, got {n_gram}")
         self.n_gram = n_gram
-        self.add_state("matches", torch.zeros(n_gram, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("totals", torch.zeros(n_gram, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("matches", torch.zeros(self.orders, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("totals", torch.zeros(self.orders, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pred_len", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("target_len", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
-        matches, totals = [0] * self.n_gram, [0] * self.n_gram
-        pred_len = target_len = 0
-        for pred, ref in zip(preds, target, strict=True):
-            p, r = pred.split(), ref.split()
-            pred_len, target_len = pred_len + len(p), target_len + len(r)
-            for n in range(1, self.n_gram + 1):
-                matches[n - 1] += sum((_ngrams(p, n) & _ngrams(r, n)).values())
-                totals[n - 1] += max(len(p) - n + 1, 0)
-        self.matches += torch.tensor(matches, dtype=torch.float64, device=self.device)
-        self.totals += torch.tensor(totals, dtype=torch.float64, device=self.device)
-        self.pred_len += pred_len
-        self.target_len += target_len
+    def update(self, preds: Sequence[str], target: Sequence[str], counts: torch.Tensor | None = None) -> None:
+        """`counts`: `bleu_counts(preds, target)` when the caller already has them (BLEU-1..4 share one count)."""
+        counts = bleu_counts(preds, target, self.orders) if counts is None else counts
+        counts = counts.to(self.device)
+        self.matches += counts[: self.orders]
+        self.totals += counts[self.orders : 2 * self.orders]
+        self.pred_len += counts[-2]
+        self.target_len += counts[-1]
 
     def compute(self) -> torch.Tensor:
-        if self.matches.min() == 0:
+        matches, totals = self.matches[: self.n_gram], self.totals[: self.n_gram]
+        if matches.min() == 0:
             return torch.zeros((), device=self.device)
-        log_precision = (self.matches.log() - self.totals.log()).mean()
+        log_precision = (matches.log() - totals.log()).mean()
         brevity = torch.clamp(1 - self.target_len / self.pred_len, max=0.0)  # log of the brevity penalty
         return (log_precision + brevity).exp().float()
 
 
 class CharF(Metric):
-    """Corpus chrF: F-beta (beta 2: recall counts more) of character n-grams, n = 1..6, spaces removed.
-
-    Matches and n-gram counts are summed over the corpus per order; the score is the mean F over
-    the orders the references have n-grams of, so a caption shorter than 6 characters can still
-    score 1. One reference per caption; values in [0, 1].
+    """Corpus chrF: character n-grams, n = 1..6, spaces removed, counted over the whole corpus; the
+    precisions and recalls are averaged over the orders both sides have n-grams of and combined into
+    F-beta (beta 2: recall counts more). sacrebleu's CHRF() default, as a value in [0, 1].
+    One reference per caption.
     """
 
     full_state_update = False
@@ -211,9 +262,9 @@ class CharF(Metric):
         counts = [[0] * self.n_char_order for _ in range(3)]  # matches, pred n-grams, target n-grams
         for pred, ref in zip(preds, target, strict=True):
             p, r = "".join(pred.split()), "".join(ref.split())
-            for n in range(1, self.n_char_order + 1):
-                counts[0][n - 1] += sum((_ngrams(p, n) & _ngrams(r, n)).values())
-                counts[1][n - 1] += max(len(p) - n + 1, 0)
+            for n, matches in enumerate(_char_matches(p, r, self.n_char_order), start=1):
+                counts[0][n - 1] += matches
+                counts[1][n - 1] += max(len(p) - n + 1, 0) if len(r) >= n else 0  # as sacrebleu: none without a reference n-gram
                 counts[2][n - 1] += max(len(r) - n + 1, 0)
         counts = torch.tensor(counts, dtype=torch.float64, device=self.device)
         self.matches += counts[0]
@@ -221,34 +272,62 @@ class CharF(Metric):
         self.target_ngrams += counts[2]
 
     def compute(self) -> torch.Tensor:
-        orders = self.target_ngrams > 0
+        orders = (self.pred_ngrams > 0) & (self.target_ngrams > 0)
         if not orders.any():
             return torch.zeros((), device=self.device)
-        precision = self.matches / self.pred_ngrams.clamp(min=1)
-        recall = self.matches / self.target_ngrams.clamp(min=1)
+        precision = (self.matches[orders] / self.pred_ngrams[orders]).mean()
+        recall = (self.matches[orders] / self.target_ngrams[orders]).mean()
+        if precision + recall == 0:
+            return torch.zeros((), device=self.device)
         b2 = self.beta**2
-        f = (1 + b2) * precision * recall / (b2 * precision + recall).clamp(min=1e-12)
-        return f[orders].mean().float()
+        return ((1 + b2) * precision * recall / (b2 * precision + recall)).float()
 
 
-class RougeL(ROUGEScore):
-    """ROUGE-L F-measure, averaged over captions, as one tensor (Lightning logs only tensors).
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE's tokens: lower-cased runs of letters and digits (torchmetrics' and rouge-score's default)."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
-    Built with the rougeL key alone: the default keys include rougeLsum, whose sentence splitter
-    downloads nltk data at first use and fails offline.
-    """
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists, bit-parallel (Hyyrö's algorithm):
+    one bit per token of `b`, a few integer operations per token of `a`."""
+    if not a or not b:
+        return 0
+    positions: dict[str, int] = {}
+    for i, token in enumerate(b):
+        positions[token] = positions.get(token, 0) | (1 << i)
+    mask = (1 << len(b)) - 1
+    row = mask
+    for token in a:
+        matches = row & positions.get(token, 0)
+        row = ((row + matches) | (row - matches)) & mask
+    return len(b) - row.bit_count()
+
+
+class RougeL(Metric):
+    """ROUGE-L F-measure averaged over captions: torchmetrics' ROUGEScore(rouge_keys="rougeL") value,
+    with the longest common subsequence computed bit-parallel instead of by a Python table."""
+
+    full_state_update = False
+    higher_is_better = True
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(rouge_keys=("rougeL",), **kwargs)
+        super().__init__(**kwargs)
+        self.add_state("fmeasure", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        total = 0.0
+        for pred, ref in zip(preds, target, strict=True):
+            p, r = rouge_tokens(pred), rouge_tokens(ref)
+            lcs = lcs_length(p, r)
+            if lcs:
+                total += 2 * lcs / (len(p) + len(r))  # 2PR / (P + R) with P = lcs/|p|, R = lcs/|r|
+        self.fmeasure += total
+        self.count += len(preds)
 
     def compute(self) -> torch.Tensor:
-        return super().compute()["rougeL_fmeasure"]
-
-    def __hash__(self) -> int:
-        """By identity. ROUGEScore hashes its states alone, so two instances with equal states (two
-        fresh ones) compare equal, `named_modules` lists only one, and Lightning cannot find the
-        other's name when it is logged."""
-        return id(self)
+        return (self.fmeasure / self.count.clamp(min=1)).float()
 
 
 def caption_metrics(prefix: str, vocab_size: int) -> MetricCollection:
@@ -276,5 +355,7 @@ def update_captions(metrics: MetricCollection, generated: torch.Tensor, referenc
     width = reference.shape[1]
     generated = F.pad(generated[:, :width], (0, width - min(width, generated.shape[1])), value=PAD_ID)
     metrics["gen_token_acc"].update(generated.flatten(), reference.flatten())
+    counts = bleu_counts(generated_text, reference_text)
     for name in TEXT_METRICS:
-        metrics[name].update(generated_text, reference_text)
+        extra = {"counts": counts} if isinstance(metrics[name], CorpusBLEU) else {}
+        metrics[name].update(generated_text, reference_text, **extra)
