@@ -90,6 +90,7 @@ def main(argv: list[str]) -> None:
     os.chdir(REPO)  # the stages resolve relative paths from the repository root, as under `make demo`
     root = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("paths.root=")), "outputs"))
     root = root if root.is_absolute() else REPO / root
+    argv = ["experiment=demo", *argv]  # the demo's recipe; later overrides (ARGS=...) win
     wall = {"pretrain_ae": _stage("pretrain_ae", argv)}
     ae_run = find_latest_run(root, "pretrain_ae")
     wall["multimodal"] = _stage("multimodal", [*argv, f"model.ae_ckpt={ae_run}"])
