@@ -52,7 +52,7 @@ def test_a_failing_job_is_recorded_and_the_other_finishes(sweep_with_bad_job: Pa
     job = sweep_with_bad_job / done["job"]
     assert (job / "checkpoints" / "best.ckpt").is_file()
     assert float(done["val/l1"]) == pytest.approx(metrics(job)["val/l1"])
-    assert "learning rate" in failed["error"]
+    assert "model.lr=-1" in failed["error"] and "expected a number > 0" in failed["error"]
     bad = sweep_with_bad_job / failed["job"]
     assert not (bad / "metrics.json").exists()
     assert json.loads((bad / "job.json").read_text())["status"] == "failed"
