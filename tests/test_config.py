@@ -116,3 +116,9 @@ def test_an_unknown_key_is_a_config_error_exit_2(tmp_path: Path) -> None:
     result = train_py(tmp_path, "data.batch_sise=3")
     assert result.returncode == 2, output(result)
     assert "data.batch_sise" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_trainer_flag_without_plus_reaches_the_trainer(tmp_path: Path) -> None:
+    result = train_py(tmp_path, "trainer.limit_val_batches=1", "data.eval_batch_size=4")
+    assert result.returncode == 0, output(result)
+    assert "Trainer(limit_val_batches=1)" in result.stderr
