@@ -3,26 +3,57 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig
 
+from storyreason.config import ConfigError, check_group_choices
+from storyreason.resume import discard_unstarted_run
 from storyreason.run import run
 from storyreason.sweeps import record_job
 
 log = logging.getLogger("storyreason")
+CONF = Path(__file__).resolve().parent / "conf"
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         return record_job(run, cfg)  # in a sweep (-m) a failing job is recorded and the sweep goes on
-    except ValueError as err:  # our config, data and checkpoint errors: one line, no traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except InstantiationException as err:  # a source's own error (DataError, ...) raised while Hydra builds it
+        if FULL_ERROR or not isinstance(err.__cause__, ValueError):
+            discard_unstarted_run(cfg)
             raise
-        log.error("%s: %s", type(err).__name__, err)
-        sys.exit(2)
+        fail(err.__cause__, cfg)
+    except ValueError as err:  # our config, data and checkpoint errors: one line, no traceback
+        if FULL_ERROR:
+            discard_unstarted_run(cfg)
+            raise
+        fail(err, cfg)
+    except BaseException:
+        discard_unstarted_run(cfg)  # a crash before the first step leaves no run directory either
+        raise
+
+
+def fail(err: ValueError, cfg: DictConfig) -> None:
+    """Log `err` in one line, remove the run directory if nothing was trained in it, exit 2."""
+    log.error("%s: %s", type(err).__name__, err)
+    discard_unstarted_run(cfg)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        check_group_choices(sys.argv[1:], CONF)  # before Hydra: its own error is several lines and exit 1
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        main()
+    except SystemExit as done:  # Hydra reports a config it cannot compose, then exits 1: config errors exit 2
+        if done.code == 1 and isinstance(done.__context__, CompactHydraException):
+            sys.exit(2)
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +28,32 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`; refuse anything that needs arbitrary unpickling."""
+    """Load a checkpoint with `weights_only=True`; refuse anything that needs arbitrary unpickling, and
+    any file that is not a Lightning checkpoint (random bytes, text, a pickled list, a dict without
+    a state_dict), naming the file instead of failing later with a KeyError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # garbage the safe unpickler cannot parse
+            raise CheckpointError(f"{path} is not a checkpoint (torch.load cannot read it)") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         raise CheckpointError(
             f"refusing to load {path}: it holds objects that only arbitrary unpickling can restore "
-            f"(torch.load weights_only=True rejected it: {str(err).splitlines()[0]}). Only load checkpoints "
+            f"(torch.load weights_only=True rejected {unsafe.group(1) if unsafe else 'it'}). Only load checkpoints "
             "written by storyreason or another source you trust."
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {err}") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {err or 'the file ends early'}") from None
+    except Exception as err:  # the unpickler meets garbage in many ways (KeyError, IndexError, ...)
+        raise CheckpointError(f"{path} is not a checkpoint (torch.load: {type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
+            or not isinstance(ckpt.get("hyper_parameters", {}), dict):
+        held = f"a dict with keys {sorted(map(str, ckpt))[:5]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(f"{path} is not a Lightning checkpoint: it holds {held}, not a state_dict")
+    return ckpt
 
 
 def run_stage(run_dir: Path) -> str | None:

@@ -47,11 +47,18 @@ def read_story(folder: str | Path | None, context: int, image_size: int) -> tupl
     captions_file = folder / CAPTIONS
     if not captions_file.is_file():
         raise DataError(f"{captions_file} is missing: write one caption per frame, one per line, in the frames' order")
-    captions = captions_file.read_text(encoding="utf-8").splitlines()
+    try:
+        captions = captions_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{captions_file} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
     while captions and not captions[-1].strip():
         captions.pop()
     if len(captions) != context:
         raise DataError(f"{captions_file} has {len(captions)} lines for {context} frames: write one caption per frame")
+    empty = [k + 1 for k, caption in enumerate(captions) if not caption.strip()]
+    if empty:
+        log.warning("%s: %d empty caption(s), line(s) %s; they are read as empty text",
+                    captions_file, len(empty), ", ".join(map(str, empty)))
     frames = []
     for image in images:
         try:

@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +27,9 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.checkpoints import CheckpointError, run_stage
@@ -40,6 +43,35 @@ _ABSENT = object()
 def run_is_finished(run_dir: Path) -> bool:
     """A run is finished once it wrote metrics.json (after its final evaluation)."""
     return (run_dir / "metrics.json").is_file()
+
+
+# what a run directory holds before its first training step; anything else means it did some work
+_BEFORE_FIRST_STEP = (".hydra", "train.log", "skipped_stories.json", "vocab.json", "tensorboard/hparams.yaml")
+
+
+def discard_unstarted_run(cfg: DictConfig) -> bool:
+    """Remove the run directory of a run that failed before doing anything (a config, checkpoint or data
+    error, a crash before the first step), so it is not left with only .hydra/ and train.log.
+
+    Never a resumed run (its directory is older than this command), a sweep job (its directory
+    records the failure for the sweep summary), or one that holds anything else: checkpoints,
+    TensorBoard events, metrics, predictions. Rank 0 only. True when the directory was removed.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN or rank_zero_only.rank != 0:
+        return False
+    if cfg.get("resume") not in (None, ""):
+        return False
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not run_dir.is_dir():
+        return False
+    files = [f.relative_to(run_dir).as_posix() for f in run_dir.rglob("*") if not f.is_dir()]
+    if any(not any(f == k or f.startswith(k + "/") for k in _BEFORE_FIRST_STEP) for f in files):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent  # <root>/<stage>/ when this was its only run
+    if parent != Path(cfg.paths.root) and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+    return True
 
 
 def find_unfinished_run(root: str | Path, stage: str) -> Path:

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from storyreason.config import validate
+from storyreason.config import check_types, validate
 from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
@@ -115,6 +115,7 @@ STAGES = {"pretrain_ae": train, "multimodal": train, "evaluate": evaluate, "pred
 
 def run(cfg: DictConfig) -> float | None:
     """Run the stage named by `stage.name` (selected with `stage=...`)."""
+    check_types(cfg)
     if cfg.stage.name not in STAGES:
         raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
     return STAGES[cfg.stage.name](cfg)

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +25,14 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from storyreason.config import ConfigError
 from storyreason.distributed import sweep_job_as_single_run
 from storyreason.report import markdown_table, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
+_ABSENT = object()
 ERROR_FILE = "error.txt"
 # test-split metrics of the model shown in sweep_summary.md when a job has them (the CSV has all)
 HEADLINE = ("test/l1", "test/psnr", "test/ssim", "test/image_l1", "test/image_ssim",
@@ -151,8 +154,29 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def check_search_space(config: DictConfig) -> None:
+    """Raise ConfigError when the sweeper searches a key the chosen stage's config lacks (a stage-2
+    search space with stage=pretrain_ae), instead of Hydra's "Key 'story' is not in struct"."""
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    stage = OmegaConf.select(config, "stage.name", default="?")
+    for key in params:
+        if not key.startswith("+") and OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            choice = OmegaConf.select(config, "hydra.runtime.choices.hparams_search", default=None)
+            raise ConfigError(
+                f"hparams_search={choice}: {key} is not a key of stage={stage}; this search space is for another "
+                f"stage (stage 2: hparams_search=optuna, stage 1: hparams_search=optuna_ae)"
+            )
+
+
 class SweepSummary(Callback):
-    """Hydra callback: the sweep summary when a multirun ends."""
+    """Hydra callback: checks the search space when a multirun starts, the sweep summary when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_search_space(config)
+        except ConfigError as err:
+            print(f"ConfigError: {err}", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -76,3 +76,44 @@ def test_auto_takes_the_newest_finished_stage1_run(tmp_path: Path) -> None:
     fake_run(tmp_path, "pretrain_ae", "unfinished", finished=False)
     fake_run(tmp_path, "multimodal", "later_stage2", mtime=3e9)
     assert find_latest_run(tmp_path, "pretrain_ae") == newest
+
+
+def _not_a_checkpoint(folder: Path, kind: str) -> Path:
+    """A file given as a checkpoint that is not one."""
+    import torch
+
+    path = folder / f"{kind}.ckpt"
+    if kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "text":
+        path.write_text("these are my notes, not weights\n")
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+    else:
+        torch.save({"epoch": 1, "hyper_parameters": {"stage": "pretrain_ae"}}, path)
+    return path
+
+
+NOT_CHECKPOINTS = ["random bytes", "text", "list", "dict without state_dict"]
+
+
+@pytest.mark.parametrize("kind", NOT_CHECKPOINTS)
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path: Path, kind: str) -> None:
+    from storyreason.checkpoints import autoencoder_state, module_from_checkpoint
+
+    path = _not_a_checkpoint(tmp_path, kind)
+    for load in (module_from_checkpoint, lambda p: autoencoder_state(p, {})):
+        with pytest.raises(CheckpointError, match=rf"{path}.* is not a (Lightning )?checkpoint"):
+            load(path)
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "predict", "multimodal"])
+def test_a_random_file_as_checkpoint_exits_2_in_one_line(tmp_path: Path, stage: str) -> None:
+    from tests.commands import output, train_py
+
+    path = _not_a_checkpoint(tmp_path, "random bytes")
+    given = [f"model.ae_ckpt={path}"] if stage == "multimodal" else [f"ckpt_path={path}", f"predict.input={tmp_path}"]
+    result = train_py(tmp_path / "runs", *given[: 1 if stage == "evaluate" else 2], stage=stage)
+    assert result.returncode == 2, output(result)
+    assert f"{path} is not a checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("train.log"))

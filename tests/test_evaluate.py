@@ -115,7 +115,7 @@ def test_beam_search_changes_only_the_generated_caption_metrics(story_run: Path,
 
 
 def test_unknown_split_is_refused(story_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="eval.split must be one of"):
+    with pytest.raises(ValueError, match=r"eval.split=train \(a string\): expected one of val, test"):
         evaluate_run(tmp_path, story_run.parents[1], "bad", [f"ckpt_path={story_run}", "eval.split=train"])
 
 

@@ -65,9 +65,14 @@ def short_captions(story: Path) -> None:
     (story / "captions.txt").write_text("\n".join(CAPTIONS[:3]) + "\n")
 
 
+def latin1_captions(story: Path) -> None:
+    (story / "captions.txt").write_bytes("caf\xe9 crème\n".encode("latin-1") * 4)
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
+        (latin1_captions, r"captions.txt is not UTF-8 text .*: save it as UTF-8"),
         (break_frame_count, r"has 3 frame images \(frame1.png, frame2.jpg, frame3.png\) but this checkpoint reads "
                             r"exactly 4"),
         (break_image, r"frame2.jpg is not a readable image"),
@@ -87,3 +92,29 @@ def test_stage1_checkpoint_is_refused(ae_run: Path, tmp_path: Path) -> None:
     message = r"pretrain_ae \(stage 1, autoencoder\) checkpoint, but predict needs a stage-2"
     with pytest.raises(CheckpointError, match=message):
         predict(tmp_path, ae_run / "pretrain_ae" / "run", write_story(tmp_path / "story"))
+
+
+def test_an_empty_caption_is_read_with_one_warning(story_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    story = write_story(tmp_path / "story")
+    (story / "captions.txt").write_text("\n".join([CAPTIONS[0], "", CAPTIONS[1], CAPTIONS[3]]) + "\n")
+    predict(tmp_path, story_run, story)
+    warnings = [r.getMessage() for r in caplog.records if "empty caption" in r.getMessage()]
+    assert len(warnings) == 1 and "1 empty caption(s), line(s) 2" in warnings[0] and "captions.txt" in warnings[0]
+
+
+def test_sixteen_bit_frames_predict_what_their_8_bit_versions_predict(story_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    greys = [rng.integers(0, 256, (70, 90), dtype=np.uint8) for _ in range(4)]
+    for name, wide in (("eight", False), ("sixteen", True)):
+        story = tmp_path / name
+        story.mkdir()
+        for k, grey in enumerate(greys):
+            image = Image.fromarray(grey.astype(np.uint16) * 257) if wide else Image.fromarray(grey)
+            image.save(story / f"frame{k + 1}.png")
+        (story / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
+    with Image.open(tmp_path / "sixteen" / "frame1.png") as image:
+        assert image.mode in ("I;16", "I")
+    eight = predict(tmp_path / "out8", story_run, tmp_path / "eight")
+    sixteen = predict(tmp_path / "out16", story_run, tmp_path / "sixteen")
+    assert (eight / "next_frame.png").read_bytes() == (sixteen / "next_frame.png").read_bytes()
+    assert (eight / "caption.txt").read_text() == (sixteen / "caption.txt").read_text()

@@ -52,7 +52,7 @@ def test_a_failing_job_is_recorded_and_the_other_finishes(sweep_with_bad_job: Pa
     job = sweep_with_bad_job / done["job"]
     assert (job / "checkpoints" / "best.ckpt").is_file()
     assert float(done["val/l1"]) == pytest.approx(metrics(job)["val/l1"])
-    assert "learning rate" in failed["error"]
+    assert "model.lr=-1" in failed["error"] and "expected a number > 0" in failed["error"]
     bad = sweep_with_bad_job / failed["job"]
     assert not (bad / "metrics.json").exists()
     assert json.loads((bad / "job.json").read_text())["status"] == "failed"
@@ -133,3 +133,28 @@ def test_slurm_launcher_config_makes_one_task_per_device(tmp_path: Path, monkeyp
     script = executor._executor._make_submission_file_text("python train.py", "0")
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=240"):
         assert f"#SBATCH {line}" in script
+
+
+@pytest.mark.parametrize("stage, search", [("pretrain_ae", "optuna_ae"), ("multimodal", "optuna")])
+def test_each_training_stage_has_a_search_space_over_its_own_keys(stage: str, search: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from storyreason.sweeps import check_search_space
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"stage={stage}", f"hparams_search={search}"],
+                      return_hydra_config=True)
+    check_search_space(cfg)
+    assert len(cfg.hydra.sweeper.params) >= 3
+
+
+def test_a_search_space_of_another_stage_is_one_line_exit_2(tmp_path: Path) -> None:
+    from tests.commands import output, train_py
+
+    result = train_py(tmp_path, "-m", "hparams_search=optuna", stage="pretrain_ae")
+    assert result.returncode == 2, output(result)
+    assert "hparams_search=optuna: model.story.fusion_dim is not a key of stage=pretrain_ae" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("*.ckpt"))

@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,10 +64,6 @@ def file_fingerprint(root: Path, files: Iterable[Path]) -> dict:
     return {"path": str(root), "files": count, "sha256": digest.hexdigest()}
 
 
-def is_cached(source: StorySource, cache_dir: str | Path) -> bool:
-    return (cache_path(source, cache_dir) / _META).is_file()
-
-
 def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
     """Decode `source` into the cache unless an entry for its key exists; return the entry's folder."""
     key = source.cache_key()
@@ -73,7 +71,8 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
     if (path / _META).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_abandoned_builds(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-{socket.gethostname()}-", dir=path.parent))
     try:
         splits = source.load()
         _check_not_empty(splits, key["source"])
@@ -98,6 +97,33 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+_BUILD = re.compile(r"^\..+\.tmp-(\d+)-(.+)-[^-]+$")  # .<entry>.tmp-<pid>-<host>-<random>
+
+
+def remove_abandoned_builds(cache_dir: Path) -> list[Path]:
+    """Remove the temporary folders of builds whose process is gone (a build killed mid-way leaves one,
+    hundreds of MB). A build of a live process, or of another host sharing the folder, is left alone."""
+    removed = []
+    for folder in cache_dir.glob(".*.tmp-*"):
+        match = _BUILD.match(folder.name)
+        if match is None or match.group(2) != socket.gethostname() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed %s, left by a cache build that did not finish", folder)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _check_not_empty(splits: dict[str, StorySplit], source: str) -> None:

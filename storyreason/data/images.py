@@ -40,10 +40,11 @@ def decode_frame(image: ImageInput, size: int, policy: str) -> np.ndarray:
 
     center_crop: scale the short side to `size` and cut the middle square (default);
     pad: scale the long side to `size` and pad with black; squash: scale each side to `size`.
+    Every Pillow mode is read with its true brightness (see to_rgb).
     """
     with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
         im.draft("RGB", _draft_size(*im.size, size, policy))
-        im = im.convert("RGB")
+        im = to_rgb(im)
     ImageOps.exif_transpose(im, in_place=True)
     w, h = im.size
     if policy == "center_crop":
@@ -58,6 +59,28 @@ def decode_frame(image: ImageInput, size: int, policy: str) -> np.ndarray:
         out = Image.new("RGB", (size, size))
         out.paste(im.resize(inner, Image.Resampling.BICUBIC), ((size - inner[0]) // 2, (size - inner[1]) // 2))
     return np.ascontiguousarray(np.asarray(out, np.uint8).transpose(2, 0, 1))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of an image in any Pillow mode, with its true brightness.
+
+    Pillow's own conversion clips integer and float greys at 255, which turns a 16-bit frame white:
+    16-bit modes (I;16, I;16B, I;16L, I;16N) and I (which Pillow uses for 16-bit PNGs) are scaled
+    from 0..65535, F from 0..1 when every value lies there (else read as 0..255, as Pillow does).
+    A mode Pillow cannot convert raises ValueError naming it; callers name the file.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        grey = np.asarray(im).astype(np.float64) / 257
+    elif im.mode == "F":
+        grey = np.nan_to_num(np.asarray(im, np.float64))
+        if grey.size and 0 <= grey.min() and grey.max() <= 1:
+            grey = grey * 255
+    else:
+        try:
+            return im.convert("RGB")
+        except ValueError as err:
+            raise ValueError(f"image mode {im.mode} cannot be converted to RGB ({err})") from None
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def _draft_size(w: int, h: int, size: int, policy: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from storyreason.data.errors import StoryProblems
 from storyreason.data.images import ImageInput, decode_frames
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -78,14 +81,26 @@ class RawStory:
     names: list[str]
 
 
+def warn_empty_captions(stories: list[RawStory], source: str) -> int:
+    """One warning naming how many captions are empty and the first frame that has one; their count."""
+    empty = [(story, k) for story in stories for k, caption in enumerate(story.captions) if not caption.strip()]
+    if empty:
+        story, k = empty[0]
+        log.warning("%s: %d empty caption(s) in %d stor(ies), first: story %r, frame %d (%s); they are kept as "
+                    "empty text", source, len(empty), len({s.story_id for s, _ in empty}), story.story_id, k + 1,
+                    story.names[k])
+    return len(empty)
+
+
 def decode_stories(
     stories: list[RawStory], problems: StoryProblems, image_size: int, resize: str, workers: int | None = None
 ) -> dict[str, StorySplit]:
     """Decode every frame of `stories` once, in parallel, and stack them into the three splits.
 
     A story with an image that does not decode goes to `problems`: an error naming the file, or
-    a skip with `skip_bad`.
+    a skip with `skip_bad`. Empty captions are kept (a frame may have nothing to say) with one warning.
     """
+    warn_empty_captions(stories, problems.source)
     offsets = np.concatenate([[0], np.cumsum([len(story.images) for story in stories])]).astype(np.int64)
     frames, errors = decode_frames(
         (image for story in stories for image in story.images),

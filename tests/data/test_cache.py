@@ -45,3 +45,22 @@ def test_a_changed_setting_is_a_new_entry(tmp_path: Path) -> None:
     ):
         assert cache_path(changed, tmp_path) != cache_path(base, tmp_path)
         assert not is_cached(changed, tmp_path)
+
+
+def test_the_next_build_removes_folders_of_killed_builds_only(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = tmp_path / f".synthetic-0123.tmp-{int(gone.stdout)}-{host}-abc123"
+    live = tmp_path / f".synthetic-4567.tmp-{os.getpid()}-{host}-def456"  # a build in progress
+    elsewhere = tmp_path / f".synthetic-89ab.tmp-{int(gone.stdout)}-another-host-ghi789"
+    for folder in (dead, live, elsewhere):
+        folder.mkdir()
+        (folder / "train.frames.npy").write_bytes(b"half written")
+    build_cache(SyntheticWorld(num_stories=COUNTS, story_length=5), tmp_path)
+    assert not dead.exists() and live.is_dir() and elsewhere.is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p not in (live, elsewhere)]

@@ -154,3 +154,13 @@ def test_nothing_but_short_stories_is_refused(tmp_path: Path) -> None:
     data.prepare_data()
     with pytest.raises(DataError, match="no train windows: data.context=4 needs stories of at least 5 frames, the longest"):
         data.setup("fit")
+
+
+def test_empty_captions_are_kept_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from storyreason.data.stories import RawStory, warn_empty_captions
+
+    stories = [RawStory("beach", "train", [b"", b""], ["a dog runs", " "], ["beach/1.png", "beach/2.png"]),
+               RawStory("cat", "train", [b""], [""], ["cat/1.png"])]
+    assert warn_empty_captions(stories, "folder") == 2
+    warnings = [r.getMessage() for r in caplog.records if "empty caption" in r.getMessage()]
+    assert len(warnings) == 1 and "2 empty caption(s) in 2 stor(ies)" in warnings[0] and "beach/2.png" in warnings[0]

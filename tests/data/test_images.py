@@ -62,3 +62,75 @@ def test_worker_processes_give_the_same_frames_in_order() -> None:
     parallel, errors = decode_frames(iter(images), 9, 8, "pad", workers=2, chunk_size=2)
     assert not errors
     np.testing.assert_array_equal(serial, parallel)
+
+
+def _saved(im: "Image.Image", fmt: str) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    im.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _grey_ramp() -> np.ndarray:
+    """A 32x32 8-bit grey ramp over every brightness from 0 to 255."""
+    return (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+
+
+def _wide(mode: str, ramp: np.ndarray) -> "Image.Image":
+    """`ramp` on the 16-bit scale (x 257) in integer mode `mode`, or on 0..1 in mode F."""
+    from PIL import Image
+
+    if mode == "F":
+        return Image.fromarray((ramp / 255).astype(np.float32))
+    wide = ramp.astype(np.uint32) * 257
+    if mode == "I":
+        return Image.fromarray(wide.astype(np.int32))
+    order = {"I;16": "<", "I;16L": "<", "I;16B": ">", "I;16N": "="}[mode]
+    return Image.frombytes(mode, ramp.shape[::-1], wide.astype(f"{order}u2").tobytes())
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N", "I", "F"])
+def test_high_bit_depth_frames_give_their_8_bit_frame(mode: str) -> None:
+    from PIL import Image
+
+    from storyreason.data.images import to_rgb
+
+    ramp = _grey_ramp()
+    image = _wide(mode, ramp)
+    assert image.mode == mode
+    assert (np.asarray(to_rgb(image)) == ramp[..., None]).all()
+    eight_bit = decode_frame(_saved(Image.fromarray(ramp), "PNG"), 32, "squash")
+    if mode in ("I;16", "I", "F", "I;16B"):  # the modes Pillow writes to a file (PNG or TIFF) and reads back
+        stored = _saved(image, "PNG" if mode == "I;16" else "TIFF")
+        assert (decode_frame(stored, 32, "squash") == eight_bit).all()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK"])
+def test_every_8_bit_mode_becomes_the_same_rgb(mode: str) -> None:
+    from PIL import Image
+
+    ramp = Image.fromarray(_grey_ramp())
+    reference = ramp.convert("1").convert("L") if mode == "1" else ramp
+    image = ramp.convert(mode)
+    fmt = "TIFF" if mode == "CMYK" else "PNG"
+    frame = decode_frame(_saved(image, fmt), 32, "squash")
+    assert frame.tolist() == decode_frame(_saved(reference, "PNG"), 32, "squash").tolist()
+
+
+def test_sixteen_bit_png_is_not_white(tmp_path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(np.full((16, 16), 128 * 257, np.uint16)).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    assert (decode_frame(path, 8, "center_crop") == 128).all()
+
+
+def test_a_mode_that_cannot_become_rgb_names_the_mode() -> None:
+    from PIL import Image
+
+    from storyreason.data.images import to_rgb
+
+    with pytest.raises(ValueError, match="image mode La cannot be converted to RGB"):
+        to_rgb(Image.new("La", (4, 4)))
