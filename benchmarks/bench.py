@@ -309,8 +309,8 @@ class BareAE:
 
 
 class BareStory:
-    """A stage-2 step in plain PyTorch over the module's own `_step` (its `self.log` is a no-op without
-    a trainer). With `cache_latents`, `prepare` computes the latent table, as fit does once per run."""
+    """A stage-2 step in plain PyTorch over the module's own `training_step` (its `self.log` is a no-op
+    without a trainer). With `cache_latents`, `prepare` computes the latent table, as fit does once per run."""
 
     def __init__(self, module: MultimodalStoryModule, frames: torch.Tensor, device: torch.device, precision: str) -> None:
         self.module = module.to(device).train()
@@ -324,7 +324,7 @@ class BareStory:
 
     def __call__(self, batch: Batch) -> None:
         with autocast(self.device, self.precision):
-            loss = self.module._step(to_device(batch, self.device), "train")
+            loss = self.module.training_step(to_device(batch, self.device), 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -40,7 +40,7 @@ class SampleLogger(L.Callback):
         logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if batch is None or logger is None:
             return
-        rows, lines = pl_module.samples(batch)
+        rows, lines = pl_module.samples(batch, "val")
         logger.experiment.add_image("val/samples", self._grid(rows), trainer.global_step)
         if lines:
             text = "\n\n".join(line.replace("\n", "  \n") for line in lines)
@@ -55,7 +55,7 @@ class SampleLogger(L.Callback):
             batch = self._batch(trainer, "test", g * self.num_samples)
             if batch is None:
                 break
-            rows, lines = pl_module.samples(batch)
+            rows, lines = pl_module.samples(batch, "test")
             save_image(self._grid(rows), out / f"test_grid_{g}.png")
             all_lines += lines
         if all_lines:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from storyreason.checkpoints import AE_STAGE, STORY_STAGE, module_from_checkpoint, resolve_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.modules.base import to_unit
-from storyreason.modules.multimodal import MultimodalStoryModule
+from storyreason.modules.multimodal import Prediction
 from storyreason.report import markdown_table, print_table, results_table, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ class GridRow:
 
 
 class Recorder(L.Callback):
-    """Keeps, from inside the evaluation loop, what the metrics were computed from: every window's
-    captions and the images of the grid windows. The batches and cached latents are the metrics'
-    own, so captions.tsv shows exactly the captions that were scored."""
+    """Keeps what the evaluation loop scored: every window's captions and the images of the grid windows.
+    A stage-2 step returns its predictions (`Prediction`), so nothing runs the model a second time and
+    captions.tsv shows exactly the captions that were scored."""
 
     def __init__(self, split: str, story_ids: list[str], picked: set[int], frame_numbers: list[int] | None = None) -> None:
         self.split, self.story_ids, self.picked = split, story_ids, picked
@@ -92,40 +92,36 @@ class Recorder(L.Callback):
         self.seen = 0  # windows (or frames) recorded so far: batches come in dataset order
 
     @torch.no_grad()
-    def record(self, trainer: L.Trainer, module: L.LightningModule, batch: dict[str, torch.Tensor]) -> None:
-        """Captions of every window of `batch` and the grid rows among them; the step's precision (autocast) applies."""
+    def record(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+        """Captions of every window of `batch` and the grid rows among them."""
         first = self.seen
         self.seen += len(next(iter(batch.values())))
         picked = [i for i in range(first, self.seen) if i in self.picked]
-        if isinstance(module, MultimodalStoryModule):
-            with trainer.precision_plugin.forward_context():
-                enc, image = module(batch, self.split)
-                generated = module.decode(module.generate(enc))
+        if isinstance(outputs, Prediction):
             reference = module.reference_text(batch, self.split)
             last = module.reference_text(batch, self.split, position=-2)
             self.captions += zip(self.story_ids[first : self.seen], self.frame_numbers[first : self.seen], reference,
-                                 generated, last)
+                                 outputs.captions, last)
             for i in picked:
                 j = i - first
                 context = to_unit(batch["context_frames"][j]).cpu()  # (K, 3, H, W)
-                images = [*context, to_unit(batch["target_frame"][j]).cpu(), image[j].clamp(0, 1).cpu()]
-                texts = [*module.decode(batch["context_captions"][j]), reference[j], generated[j]]
+                images = [*context, to_unit(batch["target_frame"][j]).cpu(), outputs.image[j].clamp(0, 1).cpu()]
+                texts = [*module.decode(batch["context_captions"][j]), reference[j], outputs.captions[j]]
                 self.rows[i] = GridRow(self.story_ids[i], images, texts)
-        else:
+        elif picked:
             frames = module.frames(batch)
             with trainer.precision_plugin.forward_context():
-                recon = module.autoencoder(frames).float().clamp(0, 1)
-            for i in picked:
-                j = i - first
-                self.rows[i] = GridRow(self.story_ids[i], [frames[j].float().cpu(), recon[j].cpu()], ["", ""])
+                recon = module.autoencoder(frames[[i - first for i in picked]]).float().clamp(0, 1)
+            for i, image in zip(picked, recon):
+                self.rows[i] = GridRow(self.story_ids[i], [frames[i - first].float().cpu(), image.cpu()], ["", ""])
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.record(trainer, pl_module, batch)
+        self.record(trainer, pl_module, outputs, batch)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.record(trainer, pl_module, batch)
+        self.record(trainer, pl_module, outputs, batch)
 
 
 def wrap(text: str, width: int = 26, lines: int = 4) -> str:

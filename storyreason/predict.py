@@ -73,10 +73,10 @@ def read_story(folder: str | Path | None, context: int, image_size: int) -> tupl
 def predict_next(module: MultimodalStoryModule, frames: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, str]:
     """Frames (K, 3, S, S) uint8 and K captions -> the next frame (3, S, S) in [0, 1] and its caption."""
     tokens, lengths = module.tokenizer.encode_batch(captions, module.hparams.max_caption_len)
-    z = module.encode_frames(frames)  # (K, Z)
-    enc = module.story.encode(z[None], torch.from_numpy(tokens)[None], torch.from_numpy(lengths)[None])
-    image = module.autoencoder.decode(enc.latent).float()[0].clamp(0, 1)
-    return image, module.decode(module.generate(enc))[0]
+    batch = {"context_frames": frames[None], "context_captions": torch.from_numpy(tokens)[None],
+             "context_lengths": torch.from_numpy(lengths)[None]}  # one window without a target: (1, K, ...)
+    prediction = module(batch)
+    return prediction.image[0].clamp(0, 1), prediction.captions[0]
 
 
 def to_image(frame: torch.Tensor) -> Image.Image:

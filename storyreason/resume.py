@@ -46,7 +46,7 @@ def run_is_finished(run_dir: Path) -> bool:
 
 
 # what a run directory holds before its first training step; anything else means it did some work
-_BEFORE_FIRST_STEP = (".hydra", "train.log", "skipped_stories.json", "vocab.json", "tensorboard/hparams.yaml")
+_BEFORE_FIRST_STEP = (".hydra", "train.log", "skipped_stories.json", "tokenizer.json", "tensorboard/hparams.yaml")
 
 
 def discard_unstarted_run(cfg: DictConfig) -> bool:

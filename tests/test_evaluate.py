@@ -172,3 +172,30 @@ def test_val_metrics_of_a_best_checkpoint_that_is_not_the_last_weights(ae_run: P
     assert torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
     out = evaluate_run(tmp_path, ae_run, "val", [f"ckpt_path={run_dir}", "eval.split=val", "eval.num_stories=1"])
     assert_reproduced(split_metrics(run_dir, "val"), split_metrics(out, "val"))
+
+
+def test_evaluate_runs_the_model_once_per_batch(story_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's captions and grids come from the predictions the metrics were computed from: one forward
+    and one caption decoding per batch, whatever the decoding (here a beam)."""
+    from storyreason.modules import multimodal
+
+    calls = {"forward": 0, "decode": 0}
+    forward, decode = multimodal.MultimodalStoryModule.forward, multimodal.decode_captions
+
+    def counted_forward(self, *args, **kwargs):
+        calls["forward"] += 1
+        return forward(self, *args, **kwargs)
+
+    def counted_decode(*args, **kwargs):
+        calls["decode"] += 1
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(multimodal.MultimodalStoryModule, "forward", counted_forward)
+    monkeypatch.setattr(multimodal, "decode_captions", counted_decode)
+    out = evaluate_run(tmp_path, story_run.parents[1], "once",
+                       [f"ckpt_path={story_run}", "data.eval_batch_size=5", "eval.beam_size=2", "eval.num_stories=6"])
+    batches = math.ceil(6 * (6 - 4) / 5)  # 12 test windows in batches of 5
+    assert calls == {"forward": batches, "decode": batches}
+    with open(out / "captions.tsv", newline="") as f:
+        assert len(list(csv.reader(f, delimiter="\t"))) == 1 + 12
+    assert (out / "grids" / "grid_00.png").is_file()

@@ -65,7 +65,7 @@ class AutoencoderModule(StageModule):
         self._step(batch, "test")
 
     @torch.no_grad()
-    def samples(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[str]]:
+    def samples(self, batch: dict[str, torch.Tensor], split: str = "samples") -> tuple[list[torch.Tensor], list[str]]:
         """Image rows `input | reconstruction` for a few frames; no captions in stage 1."""
         x = self.frames(batch)
         recon = self.autoencoder(x).float().clamp(0, 1)

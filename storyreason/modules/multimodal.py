@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,27 @@ from storyreason.modules.base import StageModule, compile_inner, to_unit, weight
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Prediction:
+    """What the model predicts for a batch of windows; every consumer (losses and metrics, evaluate's
+    report, the sample grids, predict) reads this instead of running the model again.
+
+    encoding:      the story model's encoding of the context (its `latent` is the predicted next latent)
+    image:         (B, 3, H, W) the predicted next frame, decoded by the autoencoder (not clamped)
+    target_latent: (B, Z) the true next frame's latent, None when the batch has no target
+    caption_ids:   (B, L') generated caption ids under `decoding` (greedy or beam), None when not generated
+    captions:      the generated captions as text
+    """
+
+    encoding: StoryEncoding
+    image: torch.Tensor
+    target_latent: torch.Tensor | None = None
+    caption_ids: torch.Tensor | None = None
+    captions: list[str] | None = None
+
+
 BASELINES = ("copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling")  # scored beside the model
 
 
@@ -134,17 +156,18 @@ class MultimodalStoryModule(StageModule):
         """(N, 3, H, W) uint8 -> float in [0, 1], in the autoencoder's memory format."""
         return to_unit(frames, self.hparams.channels_last)
 
-    def latents(self, batch: Batch, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context latents (B, K, Z) and target latent (B, Z), from the cache or by encoding."""
+    def latents(self, batch: Batch, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Context latents (B, K, Z) and target latent (B, Z; None without a target frame), from the cache
+        or by encoding."""
         table = self._latent_table(split)
         if table is not None:
             z = table[batch["frame_index"].to(table.device)]  # (B, K + 1, Z)
             return z[:, :-1], z[:, -1]
         b, k = batch["context_frames"].shape[:2]
-        frames = torch.cat([batch["context_frames"].flatten(0, 1), batch["target_frame"]])  # (B*K + B, 3, H, W)
+        frames = [batch["context_frames"].flatten(0, 1)] + ([batch["target_frame"]] if "target_frame" in batch else [])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_ae):
-            z = self.autoencoder.encode(self.unit_frames(frames)).float()
-        return z[: b * k].view(b, k, -1), z[b * k :].detach()
+            z = self.autoencoder.encode(self.unit_frames(torch.cat(frames))).float()  # (B*K [+ B], Z)
+        return z[: b * k].view(b, k, -1), (z[b * k :].detach() if "target_frame" in batch else None)
 
     # ---- forward and steps -----------------------------------------------------------------------
 
@@ -154,23 +177,27 @@ class MultimodalStoryModule(StageModule):
         frame_ids = batch["frame_index"][:, :-1] if "frame_index" in batch else None
         return self.story.encode(z_context, batch["context_captions"], batch["context_lengths"], frame_ids)
 
-    def forward(self, batch: Batch, split: str = "predict") -> tuple[StoryEncoding, torch.Tensor]:
-        """Encode the context; return the encoding and the predicted next frame (B, 3, H, W)."""
-        z_context, _ = self.latents(batch, split)
-        enc = self.encode_context(batch, z_context)
-        return enc, self.autoencoder.decode(enc.latent).float()
-
-    def _step(self, batch: Batch, split: str) -> torch.Tensor:
+    def forward(self, batch: Batch, split: str = "predict", generate: bool = True) -> Prediction:
+        """The one path from a batch to predictions: encode the context, decode the next frame and, with
+        `generate`, write the next caption as `self.decoding` asks (greedy, or e.g. a beam in evaluation)."""
         z_context, z_target = self.latents(batch, split)
+        enc = self.encode_context(batch, z_context)
+        prediction = Prediction(enc, self.autoencoder.decode(enc.latent).float(), z_target)
+        if generate:
+            with torch.no_grad():
+                prediction.caption_ids = decode_captions(self.story, enc, **self.decoding)
+            prediction.captions = self.decode(prediction.caption_ids)
+        return prediction
+
+    def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, Prediction]:
+        prediction = self(batch, split, generate=split != "train")
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
-        enc = self.encode_context(batch, z_context)
-        logits = self.story.caption_logits(enc, caption).float()  # (B, L, V)
-        image = self.autoencoder.decode(enc.latent).float()
+        logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
         terms = {
             "ce": F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID),
-            "img": F.l1_loss(image, target),
-            "lat": F.mse_loss(enc.latent.float(), z_target),
+            "img": F.l1_loss(prediction.image, target),
+            "lat": F.mse_loss(prediction.encoding.latent.float(), prediction.target_latent),
         }
         loss = weighted_loss(terms, self.hparams.loss_weights, self.global_step)
         on_step, bs = split == "train", len(target)
@@ -179,26 +206,25 @@ class MultimodalStoryModule(StageModule):
         self.log_dict({f"{split}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True,
                       batch_size=bs, sync_dist=sync)
         if split != "train":
-            self._update_metrics(split, batch, enc, logits, image, target, z_target)
-        return loss
+            self._update_metrics(split, batch, prediction, logits, target)
+        return loss, prediction
 
     @torch.no_grad()
-    def _update_metrics(self, split: str, batch: Batch, enc: StoryEncoding, logits: torch.Tensor,
-                        image: torch.Tensor, target: torch.Tensor, z_target: torch.Tensor) -> None:
+    def _update_metrics(self, split: str, batch: Batch, prediction: Prediction, logits: torch.Tensor,
+                        target: torch.Tensor) -> None:
         m, bs = self.metrics[split], len(target)
         reference = batch["target_caption"]
-        update_images(m["image"], image, target)
+        update_images(m["image"], prediction.image, target)
         m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference)
         reference_text = self.reference_text(batch, split)
-        generated = self.generate(enc)
-        update_captions(m["caption"], generated, reference, self.decode(generated), reference_text)
+        update_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
         scored = ("image", "caption")
         if split not in self._baselines:  # the weights being trained change none of them
             context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
             update_images(m["copy_last_frame"], context[:, -1], target)
             update_images(m["mean_context"], context.mean(dim=1), target)
-            update_images(m["ae_ceiling"], self.autoencoder.decode(z_target), target)
+            update_images(m["ae_ceiling"], self.autoencoder.decode(prediction.target_latent), target)
             last = batch["context_captions"][:, -1]
             last_text = self.reference_text(batch, split, position=-2)
             update_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
@@ -220,10 +246,6 @@ class MultimodalStoryModule(StageModule):
             m = self.metrics["val"]
             self._baselines["val"] = {k: v for key in BASELINES for k, v in m[key].compute().items()}
 
-    def generate(self, enc: StoryEncoding) -> torch.Tensor:
-        """(B, L) caption ids: greedy, or as `self.decoding` asks (e.g. a beam in evaluation)."""
-        return decode_captions(self.story, enc, **self.decoding)
-
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """(B, L) ids -> B caption strings."""
         return [self.tokenizer.decode(row) for row in tokens.tolist()]
@@ -239,22 +261,22 @@ class MultimodalStoryModule(StageModule):
         return [references[i] for i in batch["frame_index"][:, position].tolist()]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: Batch, batch_idx: int) -> Prediction:
+        return self._step(batch, "val")[1]
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> Prediction:
+        """The step's predictions reach `on_test_batch_end` of every callback (evaluate's report reads them)."""
+        return self._step(batch, "test")[1]
 
     @torch.no_grad()
-    def samples(self, batch: Batch) -> tuple[list[torch.Tensor], list[str]]:
+    def samples(self, batch: Batch, split: str = "samples") -> tuple[list[torch.Tensor], list[str]]:
         """Image rows `context .. | target | prediction` and `reference / generated` caption lines."""
-        enc, image = self(batch, split="samples")
+        prediction = self(batch, split)
         context = to_unit(batch["context_frames"])
         target = to_unit(batch["target_frame"])
-        rows = [torch.cat([c, t[None], p[None].clamp(0, 1)]) for c, t, p in zip(context, target, image)]
-        generated = self.decode(self.story.generate(enc))
-        reference = self.decode(batch["target_caption"])
-        lines = [f"reference: {r}\ngenerated: {g}" for r, g in zip(reference, generated)]
+        rows = [torch.cat([c, t[None], p[None].clamp(0, 1)]) for c, t, p in zip(context, target, prediction.image)]
+        reference = self.reference_text(batch, split)
+        lines = [f"reference: {r}\ngenerated: {g}" for r, g in zip(reference, prediction.captions)]
         return rows, lines
