@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # pyproject keeps ranges (torch>=2.4,<2.15) for other machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/bench.py
+
+bench-real: install  # ARGS='--train 300 --test 60' for a smaller stand-in, '--keep' to reuse finished steps
+	$(PY) benchmarks/bench_real.py $(ARGS)
 
 clean:
 	rm -rf outputs/pretrain_ae outputs/multimodal outputs/multirun outputs/cache
