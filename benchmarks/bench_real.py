@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> dict:
     data, stats = standin_data(args.workdir, args.train, args.test, args.seed)
     runs = args.workdir / "runs"
     select, selected = selection(args.experiment)
+    if not args.gpu:  # the recipe is a GPU's; here every command trains on the CPU
+        select.append("trainer=cpu")
     common = [f"data.path={data}", f"paths.root={runs}", f"paths.cache={runs / 'cache'}",
               f"data.source.hf_cache_dir={runs / 'hf'}", *args.override]
     setup = {"data": str(data), "select": select, "common": common}
@@ -341,6 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stand-in")
     parser.add_argument("--experiment", default="storyreasoning",
                         help="conf/experiment/<name>.yaml for the training commands ('' for data=storyreasoning)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="keep the recipe's trainer (trainer=gpu); without it every command runs with trainer=cpu")
     parser.add_argument("--override", action="append", default=[], help="Hydra override for every command (repeatable)")
     parser.add_argument("--keep", action="store_true",
                         help="reuse the steps a previous run with the same setup finished")
@@ -355,7 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     results = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    saved = read_json(args.out)  # a CPU run and a GPU run (under "gpu") share the file
+    merged = {**saved, "gpu": results} if args.gpu else {**results, **({"gpu": saved["gpu"]} if "gpu" in saved else {})}
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print()
     print(table(results))
     info = results["machine"]

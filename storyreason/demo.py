@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import runpy
 import shutil
 import sys
@@ -58,6 +59,13 @@ def quality_checks(ae: dict[str, float], story: dict[str, float]) -> dict[str, b
     }
 
 
+def cpu_name() -> str:
+    """The processor's model name and core count, as figures must be read against the machine."""
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return f"{models[0] if models else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def wall_times(wall: dict[str, float], total: float) -> str:
     """'pretrain_ae 100 s, multimodal 200 s; the whole command 310 s (5.2 min)'."""
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
@@ -69,7 +77,7 @@ def readme_block(report: str, wall: dict[str, float], total: float, checks: dict
     command = "make demo" + (f" ARGS='{' '.join(argv)}'" if argv else "")
     bars = "\n".join(f"- [{'x' if ok else ' '}] {name}" for name, ok in checks.items())
     return (
-        f"`{command}` on this machine (install excluded): {wall_times(wall, total)}.\n\n{bars}\n\n{report}\n"
+        f"`{command}` on this machine ({cpu_name()}; install excluded): {wall_times(wall, total)}.\n\n{bars}\n\n{report}\n"
         "Each row: 4 context frames | target | prediction, for test windows (the stage-2 run's `samples/test_grid_0.png`):\n\n"
         "![context, target and predicted next frame](docs/demo/grid.png)\n"
     )
@@ -90,10 +98,10 @@ def main(argv: list[str]) -> None:
     os.chdir(REPO)  # the stages resolve relative paths from the repository root, as under `make demo`
     root = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("paths.root=")), "outputs"))
     root = root if root.is_absolute() else REPO / root
-    argv = ["experiment=demo", *argv]  # the demo's recipe; later overrides (ARGS=...) win
-    wall = {"pretrain_ae": _stage("pretrain_ae", argv)}
+    recipe = ["experiment=demo", *argv]  # the demo's recipe; the user's overrides (ARGS=...) win
+    wall = {"pretrain_ae": _stage("pretrain_ae", recipe)}
     ae_run = find_latest_run(root, "pretrain_ae")
-    wall["multimodal"] = _stage("multimodal", [*argv, f"model.ae_ckpt={ae_run}"])
+    wall["multimodal"] = _stage("multimodal", [*recipe, f"model.ae_ckpt={ae_run}"])
     run = find_latest_run(root, "multimodal")
     DOCS.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "samples" / "test_grid_0.png", DOCS / "grid.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel
 from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
 
+log = logging.getLogger(__name__)
 # The frozen autoencoder is kept in eval mode on purpose (its BatchNorm statistics stay stage 1's).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -97,6 +100,7 @@ class MultimodalStoryModule(StageModule):
         self._latent_tables: dict[str, torch.Tensor] = {}
         self._baselines: dict[str, dict[str, torch.Tensor]] = {}  # split -> the baselines' values, once per run
         self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
+        self._caption_seconds = 0.0  # spent scoring captions (text metrics) in the current val/test pass
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 
     @staticmethod
@@ -218,6 +222,7 @@ class MultimodalStoryModule(StageModule):
         m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference)
         reference_text = self.reference_text(batch, split)
+        started = time.perf_counter()
         update_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
         scored = ("image", "caption")
         if split not in self._baselines:  # the weights being trained change none of them
@@ -229,10 +234,19 @@ class MultimodalStoryModule(StageModule):
             last_text = self.reference_text(batch, split, position=-2)
             update_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
             scored += BASELINES
+        self._caption_seconds += time.perf_counter() - started
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
         self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
         for key in scored:
             self.log_dict(m[key], on_epoch=True, batch_size=bs)
+
+    def on_validation_epoch_start(self) -> None:
+        self._caption_seconds = 0.0
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_test_epoch_end(self) -> None:
+        log.info("caption metrics (the model's and copy_last_caption's): %.1f s of this test pass", self._caption_seconds)
 
     def on_validation_epoch_end(self) -> None:
         """With a frozen autoencoder the baselines are scored on the first whole validation and logged
