@@ -130,8 +130,10 @@ def token_accuracy(vocab_size: int) -> MulticlassAccuracy:
 class TokenPerplexity(Metric):
     """exp(mean cross-entropy) of teacher-forced logits over the reference tokens, padding excluded.
 
-    Summed from log-softmax in float64, so a confident wrong token gives a large value instead of
-    an infinite one (a softmax that underflows to 0 would).
+    Each token's negative log-likelihood comes from log-softmax (a confident wrong token gives a
+    large value, not an infinite one, as a softmax that underflows to 0 would) in the logits' own
+    precision, and is summed in float64: a float64 copy of (B, L, V) logits of prose captions is
+    gigabytes per batch.
     """
 
     full_state_update = False
@@ -144,8 +146,8 @@ class TokenPerplexity(Metric):
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """logits (B, L, V), target (B, L) ids."""
-        nll = F.cross_entropy(logits.flatten(0, 1).double(), target.flatten(), ignore_index=PAD_ID, reduction="sum")
-        self.nll += nll
+        nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction="none")
+        self.nll += nll.double().sum()
         self.tokens += (target != PAD_ID).sum()
 
     def compute(self) -> torch.Tensor:
