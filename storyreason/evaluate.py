@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from storyreason.checkpoints import AE_STAGE, STORY_STAGE, module_from_checkpoint, resolve_checkpoint
 from storyreason.data.datamodule import StoryDataModule
+from storyreason.errors import ConfigError
 from storyreason.modules.base import to_unit
 from storyreason.modules.multimodal import Prediction
 from storyreason.report import markdown_table, print_table, results_table, write_json_atomic
@@ -298,7 +299,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     """Score `cfg.ckpt_path` on `cfg.eval.split` of the configured data and write the report files."""
     split = cfg.eval.split
     if split not in SPLITS:
-        raise ValueError(f"eval.split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")
     ckpt = resolve_checkpoint(OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False))
     module, checkpoint = module_from_checkpoint(ckpt)
     hparams = checkpoint["hyper_parameters"]

@@ -16,6 +16,7 @@ from storyreason.config import check_types, validate
 from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
+from storyreason.errors import ConfigError
 from storyreason.evaluate import evaluate
 from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
@@ -117,5 +118,5 @@ def run(cfg: DictConfig) -> float | None:
     """Run the stage named by `stage.name` (selected with `stage=...`)."""
     check_types(cfg)
     if cfg.stage.name not in STAGES:
-        raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
+        raise ConfigError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
     return STAGES[cfg.stage.name](cfg)
