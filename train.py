@@ -9,7 +9,7 @@ import hydra
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from storyreason.config import check_group_choices
+from storyreason.config import check_group_choices, null_groups_removed
 from storyreason.errors import ConfigError, user_error
 from storyreason.resume import discard_unstarted_run
 from storyreason.run import run
@@ -40,6 +40,7 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = null_groups_removed(sys.argv[1:], CONF)
     try:
         main()
     except SystemExit as done:  # Hydra reports a config it cannot compose, then exits 1: config errors exit 2

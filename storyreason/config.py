@@ -271,3 +271,10 @@ def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
         for option in value.split(","):
             if option not in options:
                 raise ConfigError(f"{group}={option}: no such option; choose one of {', '.join(options)} (conf/{group}/)")
+
+
+def null_groups_removed(overrides: Sequence[str], conf: Path) -> list[str]:
+    """`group=null` (say `logger=null`) as `~group`: Hydra refuses null for a group its defaults list selects,
+    and removing the group is what a user who writes it means."""
+    return [f"~{o.split('=', 1)[0]}" if o.endswith("=null") and "." not in o.split("=", 1)[0]
+            and (conf / o.split("=", 1)[0]).is_dir() else o for o in overrides]

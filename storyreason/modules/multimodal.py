@@ -82,7 +82,7 @@ class MultimodalStoryModule(StageModule):
             raise ConfigError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
         if not any(loss_weights.values()):
             raise ConfigError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # in every checkpoint; the loggers get run.py's clean record
         self.hparams.loss_weights = loss_weights
         self.tokenizer = CaptionTokenizer.from_json(tokenizer_state)
         vocab = self.tokenizer.vocab
