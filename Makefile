@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # pyproject keeps ranges (torch>=2.4,<2.15) for other machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench bench-real clean
+.PHONY: install demo docs test test-slow bench bench-real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 demo: install  # ARGS='key=value ...': Hydra overrides for both stages
 	$(PY) -m storyreason.demo $(ARGS)
+
+docs: install  # maintainers: docs/demo/ and the README's results block from the last `make demo`
+	$(PY) -m storyreason.demo --docs
 
 test: install
 	$(PY) -m pytest -q
@@ -33,4 +36,4 @@ bench-real: install  # ARGS='--train 300 --test 60' for a smaller stand-in, '--k
 	$(PY) benchmarks/bench_real.py $(ARGS)
 
 clean:
-	rm -rf outputs/pretrain_ae outputs/multimodal outputs/multirun outputs/cache
+	rm -rf outputs/pretrain_ae outputs/multimodal outputs/multirun outputs/cache outputs/demo

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.errors import CompactHydraException, InstantiationException
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from storyreason.config import ConfigError, check_group_choices
+from storyreason.config import check_group_choices, null_groups_removed
+from storyreason.errors import ConfigError, user_error
 from storyreason.resume import discard_unstarted_run
 from storyreason.run import run
 from storyreason.sweeps import record_job
@@ -23,26 +24,14 @@ FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 def main(cfg: DictConfig) -> float | None:
     try:
         return record_job(run, cfg)  # in a sweep (-m) a failing job is recorded and the sweep goes on
-    except InstantiationException as err:  # a source's own error (DataError, ...) raised while Hydra builds it
-        if FULL_ERROR or not isinstance(err.__cause__, ValueError):
-            discard_unstarted_run(cfg)
+    except BaseException as err:
+        ours = None if FULL_ERROR else user_error(err)
+        if ours is not None:  # our config, data and checkpoint errors: one line, no traceback
+            log.error("%s: %s", type(ours).__name__, ours)
+        discard_unstarted_run(cfg)  # a failure before the first step leaves no run directory
+        if ours is None:  # a bug, in our code or a library's: its traceback is the message
             raise
-        fail(err.__cause__, cfg)
-    except ValueError as err:  # our config, data and checkpoint errors: one line, no traceback
-        if FULL_ERROR:
-            discard_unstarted_run(cfg)
-            raise
-        fail(err, cfg)
-    except BaseException:
-        discard_unstarted_run(cfg)  # a crash before the first step leaves no run directory either
-        raise
-
-
-def fail(err: ValueError, cfg: DictConfig) -> None:
-    """Log `err` in one line, remove the run directory if nothing was trained in it, exit 2."""
-    log.error("%s: %s", type(err).__name__, err)
-    discard_unstarted_run(cfg)
-    sys.exit(2)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
@@ -51,6 +40,7 @@ if __name__ == "__main__":
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = null_groups_removed(sys.argv[1:], CONF)
     try:
         main()
     except SystemExit as done:  # Hydra reports a config it cannot compose, then exits 1: config errors exit 2

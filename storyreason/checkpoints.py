@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from storyreason.data.tokenizer import WordTokenizer
+from storyreason.errors import StoryreasonError
 from storyreason.modules.autoencoder import AutoencoderModule
 from storyreason.modules.multimodal import MultimodalStoryModule
 
@@ -23,7 +24,7 @@ AE_STAGE = "pretrain_ae"
 STORY_STAGE = "multimodal"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StoryreasonError):
     """A checkpoint is missing, unsafe or does not fit what the run needs."""
 
 

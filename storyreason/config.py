@@ -16,9 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config value is out of range or inconsistent; the message names the key and what is allowed."""
+from storyreason.errors import ConfigError
 
 
 class Rule:
@@ -178,10 +176,10 @@ SCHEMA: dict[str, Rule] = {
 }
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     """Flat `a.b.c -> raw value` view of a plain container; lists are leaves."""
     if isinstance(node, dict) and node:
-        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+        return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
     return {prefix[:-1]: node}
 
 
@@ -209,7 +207,7 @@ def check_types(cfg: DictConfig) -> None:
 
     A mandatory value not given (`???`) is left to the code that needs it, which names what to pass.
     """
-    for key, raw in _leaves(OmegaConf.to_container(cfg, resolve=False)).items():
+    for key, raw in leaves(OmegaConf.to_container(cfg, resolve=False)).items():
         rule = rule_for(key)
         if rule is None or raw == "???":
             continue
@@ -273,3 +271,10 @@ def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
         for option in value.split(","):
             if option not in options:
                 raise ConfigError(f"{group}={option}: no such option; choose one of {', '.join(options)} (conf/{group}/)")
+
+
+def null_groups_removed(overrides: Sequence[str], conf: Path) -> list[str]:
+    """`group=null` (say `logger=null`) as `~group`: Hydra refuses null for a group its defaults list selects,
+    and removing the group is what a user who writes it means."""
+    return [f"~{o.split('=', 1)[0]}" if o.endswith("=null") and "." not in o.split("=", 1)[0]
+            and (conf / o.split("=", 1)[0]).is_dir() else o for o in overrides]

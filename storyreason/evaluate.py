@@ -8,7 +8,7 @@ directory it writes:
   grids/         PNG grids `context .. | target | prediction` of stories chosen evenly over the split
   captions.tsv   story id, target frame (0-based, in the story), reference, generated and copy-last caption
                  of every window; references are the data's captions, whole
-  curves/        loss curves from the training run's TensorBoard events (when it has them)
+  curves/        loss curves from the training run's TensorBoard events or CSV log (when it has one)
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from storyreason.checkpoints import AE_STAGE, STORY_STAGE, module_from_checkpoint, resolve_checkpoint
 from storyreason.data.datamodule import StoryDataModule
+from storyreason.errors import ConfigError
+from storyreason.history import Scalar, read_scalars
 from storyreason.modules.base import to_unit
 from storyreason.modules.multimodal import Prediction
 from storyreason.report import markdown_table, print_table, results_table, write_json_atomic
@@ -188,18 +190,14 @@ def training_run(ckpt: Path) -> Path | None:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
 
 
-def write_loss_curves(events: Path, out: Path) -> list[Path]:
+def write_loss_curves(scalars: dict[str, list[Scalar]], out: Path) -> list[Path]:
     """curves/losses.png, a panel per loss term (`loss`, `loss_ce`, ...): train per step and epoch mean, val.
 
     Only what fitting wrote is drawn: the evaluation of the best checkpoint after it (and the
     hyperparameter summary) logs the final val values again, later and at other steps.
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    tags = [t for t in accumulator.Tags()["scalars"] if t.partition("/")[0] in ("train", "val") and "/loss" in t]
-    fit_end = max((e.wall_time for t in tags if t.startswith("train/") for e in accumulator.Scalars(t)), default=None)
+    tags = [t for t in scalars if t.partition("/")[0] in ("train", "val") and "/loss" in t]
+    fit_end = max((s.order for t in tags if t.startswith("train/") for s in scalars[t]), default=None)
     curves: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for tag in tags:
         split, _, name = tag.partition("/")
@@ -207,8 +205,8 @@ def write_loss_curves(events: Path, out: Path) -> list[Path]:
         for suffix, label in (("_step", " per step"), ("_epoch", " epoch mean")):
             if name.endswith(suffix):
                 term, kind = name.removesuffix(suffix), label
-        scalars = [e for e in accumulator.Scalars(tag) if fit_end is None or e.wall_time <= fit_end]
-        curves.setdefault(term, {})[split + kind] = ([e.step for e in scalars], [e.value for e in scalars])
+        kept = [s for s in scalars[tag] if fit_end is None or s.order <= fit_end]
+        curves.setdefault(term, {})[split + kind] = ([s.step for s in kept], [s.value for s in kept])
     if not curves:
         return []
     ncols = min(len(curves), 2)
@@ -290,7 +288,7 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
     if curves:
         lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in curves]
     else:
-        lines += ["No TensorBoard events next to the checkpoint (`<run>/tensorboard/`), so no curves."]
+        lines += ["No logged losses next to the checkpoint (`<run>/tensorboard/` or `<run>/csv/metrics.csv`), so no curves."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -298,7 +296,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     """Score `cfg.ckpt_path` on `cfg.eval.split` of the configured data and write the report files."""
     split = cfg.eval.split
     if split not in SPLITS:
-        raise ValueError(f"eval.split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")
     ckpt = resolve_checkpoint(OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False))
     module, checkpoint = module_from_checkpoint(ckpt)
     hparams = checkpoint["hyper_parameters"]
@@ -329,8 +327,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if stage == STORY_STAGE:
         write_captions(recorder, out / "captions.tsv")
     run = training_run(ckpt)
-    events = run / "tensorboard" if run is not None else None
-    curves = write_loss_curves(events, out) if events is not None and any(events.rglob("events.out.tfevents.*")) else []
+    curves = write_loss_curves(read_scalars(run / "tensorboard", run / "csv" / "metrics.csv"), out) if run else []
     same_data = same_data_as_training(cfg, run)
     if same_data is False:
         log.warning("the data source settings differ from those %s was trained with: "

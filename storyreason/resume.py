@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.checkpoints import CheckpointError, run_stage
+from storyreason.config import leaves
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,6 @@ def _overridden_keys() -> set[str]:
     return keys - {"resume"}
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Flat `a.b.c -> value` view of a plain container; lists and empty dicts are leaves."""
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_leaves(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def _remove(cfg: DictConfig, key: str) -> None:
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
@@ -161,8 +152,8 @@ def continued_config(saved: DictConfig, current: DictConfig, overridden: set[str
     """The config a resumed run continues with: the run's own (`saved`), with the values of the keys
     this command line overrides taken from `current`, and keys the config files added since."""
     merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
-    old = _leaves(OmegaConf.to_container(saved, resolve=False))
-    new = _leaves(OmegaConf.to_container(current, resolve=False))
+    old = leaves(OmegaConf.to_container(saved, resolve=False))
+    new = leaves(OmegaConf.to_container(current, resolve=False))
     kept = []
     for key in sorted(old.keys() | new.keys()):
         before, now = old.get(key, _ABSENT), new.get(key, _ABSENT)

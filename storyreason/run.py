@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from storyreason.config import check_types, validate
+from storyreason.config import check_types, leaves, validate
 from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
+from storyreason.errors import ConfigError
 from storyreason.evaluate import evaluate
 from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
@@ -83,6 +86,37 @@ def _best_is_in_memory(trainer: L.Trainer, ckpt_path: str) -> bool:
     return saved_at == trainer.global_step and not trainer.interrupted
 
 
+# config groups that describe the experiment; callbacks, logger, paths and hydra only say where things go
+HPARAM_GROUPS = ("stage", "data", "model", "trainer")
+HPARAM_MAX_CHARS = 200  # longer values (a tokenizer's JSON, a long path list) are no hyperparameter to compare
+
+
+def hparams_record(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyperparameters as flat `group.key` scalars: the experiment's groups and `seed`, without
+    `_target_` class paths, unset values or values too long to read in a table; lists as text."""
+    record: dict[str, Any] = {"seed": cfg.seed}
+    for group in HPARAM_GROUPS:
+        for key, value in leaves(OmegaConf.to_container(cfg.get(group) or {}, resolve=True), f"{group}.").items():
+            if key.endswith("_target_") or value in (None, {}) or isinstance(value, list) and any(
+                    isinstance(v, dict) for v in value):  # unset, or objects (trainer.plugins)
+                continue
+            value = value if isinstance(value, (bool, int, float, str)) else str(value)
+            if not isinstance(value, str) or len(value) <= HPARAM_MAX_CHARS:
+                record[key] = value
+    return record
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """One hparams record per run, with the final metrics where the logger keeps them (TensorBoard's HPARAMS tab)."""
+    record = hparams_record(cfg)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(record, metrics)
+        else:
+            logger.log_hyperparams(record)
+        logger.save()
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured stage, write metrics.json and return `cfg.optimized_metric`."""
     cfg, resume_ckpt = resume_run(cfg)  # resume=...: the run's own config and its last.ckpt
@@ -92,10 +126,11 @@ def train(cfg: DictConfig) -> float | None:
     out = Path(cfg.paths.output_dir)
     datamodule: StoryDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]  # logger=null: none
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses no logger
     keep_one_batch(cfg.trainer, datamodule)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
         datamodule.tokenizer.save(out / "tokenizer.json")
@@ -103,8 +138,7 @@ def train(cfg: DictConfig) -> float | None:
     metrics |= {f"data/{k}": float(v) for k, v in datamodule.text_stats.items()}
     if trainer.is_global_zero:
         write_json_atomic(out / "metrics.json", metrics)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics)
+        log_hparams(trainer, cfg, metrics)
         print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out})")
         log.info("metrics: %s", out / "metrics.json")
     return metrics.get(cfg.optimized_metric)
@@ -117,5 +151,5 @@ def run(cfg: DictConfig) -> float | None:
     """Run the stage named by `stage.name` (selected with `stage=...`)."""
     check_types(cfg)
     if cfg.stage.name not in STAGES:
-        raise ValueError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
+        raise ConfigError(f"unknown stage {cfg.stage.name!r}; choose one of {sorted(STAGES)}")
     return STAGES[cfg.stage.name](cfg)

@@ -25,8 +25,8 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from storyreason.config import ConfigError
 from storyreason.distributed import sweep_job_as_single_run
+from storyreason.errors import ConfigError, user_error
 from storyreason.report import markdown_table, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ def record_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> f
         with sweep_job_as_single_run(out):
             value = task(cfg)
     except Exception as err:
-        message = f"{type(err).__name__}: {err}"
-        log.error("job failed, the sweep goes on: %s", message)
+        ours = user_error(err)
+        message = f"{type(ours or err).__name__}: {ours or err}"
+        # our errors in one line; anything else is a bug, logged with its traceback
+        log.error("job failed, the sweep goes on: %s", message, exc_info=ours is None)
         if write:
             (out / ERROR_FILE).write_text(traceback.format_exc())
             write_json_atomic(out / JOB_FILE, {"status": "failed", "error": message})

@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from storyreason.config import null_groups_removed
+
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process made a
@@ -45,7 +47,8 @@ def compose_config(root: Path, stage: str, overrides: list[str] = (), run_name: 
     GlobalHydra.instance().clear()
     extra = TINY_STORY if stage == "multimodal" else []
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"stage={stage}", f"paths.root={root}", *TINY, *extra, *overrides])
+        given = null_groups_removed([f"stage={stage}", f"paths.root={root}", *TINY, *extra, *overrides], Path(CONF))
+        cfg = compose(config_name="config", overrides=given)
     with open_dict(cfg):
         cfg.paths.output_dir = str(root / stage / (run_name or "run"))
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from storyreason.config import SCHEMA, ConfigError, _leaves, check_types, rule_for
+from storyreason.config import SCHEMA, ConfigError, leaves, check_types, rule_for
 from tests.commands import output, train_py
 from tests.conftest import CONF
 
@@ -44,7 +44,7 @@ def _wrong_values(key: str) -> list:
 def test_every_known_key_refuses_a_wrong_type_naming_the_key(composed: dict) -> None:
     checked = set()
     for cfg in composed.values():
-        for key, raw in _leaves(OmegaConf.to_container(cfg, resolve=False)).items():
+        for key, raw in leaves(OmegaConf.to_container(cfg, resolve=False)).items():
             if rule_for(key) is None or raw == "???" or key in checked:
                 continue
             checked.add(key)
@@ -103,7 +103,7 @@ def test_every_trainer_flag_is_settable_without_plus() -> None:
     (["stage=foo"], "stage=foo: no such option; choose one of evaluate, multimodal, predict, pretrain_ae"),
     (["data=foo"], "data=foo: no such option"),
 ])
-def test_train_py_refuses_in_one_line_with_exit_2_and_leaves_nothing(tmp_path: Path, overrides: list, needle: str) -> None:
+def test_train_py_refuses_in_one_line_with_exit_2_andleaves_nothing(tmp_path: Path, overrides: list, needle: str) -> None:
     result = train_py(tmp_path, *overrides)
     assert result.returncode == 2, output(result)
     errors = [line for line in result.stderr.splitlines() if "Error" in line]

@@ -29,3 +29,36 @@ def test_overrides_are_named_in_the_command_and_a_readme_without_markers_is_left
     readme.write_text("no markers here\n")
     assert not update_readme("block", readme)
     assert readme.read_text() == "no markers here\n"
+
+
+def test_the_demo_report_leaves_the_checkout_clean_and_make_docs_publishes_it(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    from storyreason.demo import REPO, publish, write_outputs
+
+    ae_run, run = tmp_path / "ae", tmp_path / "story"
+    (run / "samples").mkdir(parents=True)
+    ae_run.mkdir()
+    Image.new("RGB", (8, 8)).save(run / "samples" / "test_grid_0.png")
+    (ae_run / "metrics.json").write_text(json.dumps({"test/l1": 0.02}))
+    story = {"test/image_l1": 0.04, "test/gen_token_acc": 0.95, "test/ae_ceiling/image_l1": 0.02,
+             **{f"test/baseline/{b}/image_l1": 0.08 for b in ("copy_last_frame", "mean_context")},
+             "test/baseline/copy_last_caption/gen_token_acc": 0.8}
+    (run / "metrics.json").write_text(json.dumps(story))
+
+    def tracked_status() -> str:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout
+
+    before = tracked_status()
+    out = tmp_path / "outputs" / "demo"
+    assert all(write_outputs(out, ae_run, run, {"pretrain_ae": 1.0, "multimodal": 2.0}, []).values())
+    assert tracked_status() == before
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_BEGIN}\nold\n{README_END}\n")
+    assert publish(out, tmp_path / "docs", readme)
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["grid.png", "report.md", "timing.json"]
+    assert "0.0400" in readme.read_text() and "old" not in readme.read_text()

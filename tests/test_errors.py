@@ -104,3 +104,33 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path: Path) -> N
     assert "refusing to load" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert trusted_files(tmp_path / "runs") == []
+
+
+# train.py run with stage 1's training step replaced by one that raises `error(message)`
+RAISING_STEP = """
+import runpy, sys
+from storyreason.data.errors import DataError
+from storyreason.modules.autoencoder import AutoencoderModule
+
+def training_step(self, batch, batch_idx):
+    raise {error}("inside the training step")
+
+AutoencoderModule.training_step = training_step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("error", ["ValueError", "DataError"])
+def test_only_our_errors_are_one_line_a_bug_keeps_its_traceback(tmp_path: Path, error: str) -> None:
+    from tests.commands import run_command
+
+    code = RAISING_STEP.format(error=error)
+    result = run_command([sys.executable, "-c", code, str(REPO / "train.py"), f"paths.root={tmp_path}", *TINY])
+    assert f"{error}: inside the training step" in result.stderr
+    if error == "DataError":
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+    else:
+        assert result.returncode == 1
+        assert "Traceback" in result.stderr and "training_step" in result.stderr

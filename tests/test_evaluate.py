@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
@@ -199,3 +200,26 @@ def test_evaluate_runs_the_model_once_per_batch(story_run: Path, tmp_path: Path,
     with open(out / "captions.tsv", newline="") as f:
         assert len(list(csv.reader(f, delimiter="\t"))) == 1 + 12
     assert (out / "grids" / "grid_00.png").is_file()
+
+
+@pytest.mark.parametrize("logger", ["csv", "null"])
+def test_a_run_without_tensorboard_trains_and_evaluates(ae_run: Path, tmp_path: Path, logger: str) -> None:
+    """logger=csv writes csv/metrics.csv and evaluate draws its loss curves from it; logger=null logs nothing."""
+    cfg = compose_config(tmp_path, "pretrain_ae", [f"logger={logger}", f"paths.cache={ae_run / 'cache'}"])
+    run(cfg)
+    trained = Path(cfg.paths.output_dir)
+    assert not (trained / "tensorboard").exists()
+    assert (trained / "csv" / "metrics.csv").is_file() == (logger == "csv")
+    out = evaluate_run(tmp_path, ae_run, "eval", [f"ckpt_path={trained}", "eval.num_stories=1"])
+    assert_reproduced(split_metrics(trained, "test"), split_metrics(out, "test"))
+    assert (out / "curves" / "losses.png").is_file() == (logger == "csv")
+
+
+def test_hparams_are_the_experiment_config_without_class_paths_or_long_values(story_run: Path) -> None:
+    from storyreason.run import hparams_record
+
+    record = hparams_record(OmegaConf.load(story_run / ".hydra" / "config.yaml"))
+    assert record["seed"] == 42 and record["stage.name"] == "multimodal" and "model.lr" in record
+    assert not [k for k in record if k.endswith("_target_") or k.split(".")[0] in ("paths", "callbacks", "logger")]
+    assert all(isinstance(v, (bool, int, float, str)) and len(str(v)) <= 200 for v in record.values())
+    assert "tokenizer_state" not in (story_run / "tensorboard" / "hparams.yaml").read_text(), "the module's hparams were logged"

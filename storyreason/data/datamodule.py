@@ -20,6 +20,7 @@ from storyreason.data.samplers import EpochSampler
 from storyreason.data.stories import SPLITS, StorySplit
 from storyreason.data.tokenizer import UNK_ID, CaptionTokenizer, caption_length, pad_captions
 from storyreason.data.windows import FrameDataset, WindowDataset, collate_batch, window_index
+from storyreason.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # Lightning looks for state_dict() on the loader; this datamodule restores the train position itself
@@ -82,29 +83,29 @@ class StoryDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if item not in ("frames", "windows"):
-            raise ValueError(f"data.item must be 'frames' or 'windows', got {item!r}")
+            raise ConfigError(f"data.item must be 'frames' or 'windows', got {item!r}")
         if context < 1:
-            raise ValueError(f"data.context must be >= 1, got {context}")
+            raise ConfigError(f"data.context must be >= 1, got {context}")
         if stride < 1:
-            raise ValueError(f"data.stride must be >= 1, got {stride}")
+            raise ConfigError(f"data.stride must be >= 1, got {stride}")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         self.source = source
         self.image_size = image_size
         self.item, self.context, self.stride = item, context, stride
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         if max_caption_len != "auto" and not (isinstance(max_caption_len, int) and max_caption_len >= 2):
-            raise ValueError(f"data.max_caption_len must be an integer >= 2 or auto, got {max_caption_len!r}")
+            raise ConfigError(f"data.max_caption_len must be an integer >= 2 or auto, got {max_caption_len!r}")
         self.max_caption_len = max_caption_len
         self.caption_coverage = caption_coverage
         self.tokenizer_settings = {"kind": tokenizer, "lowercase": lowercase, "min_count": vocab_min_count,
                                    "max_size": vocab_max_size}
         self.cache_dir = cache_dir
         if resident not in (True, False, "auto"):
-            raise ValueError(f"data.resident must be true, false or auto, got {resident!r}")
+            raise ConfigError(f"data.resident must be true, false or auto, got {resident!r}")
         if resident is True and num_workers > 0:
-            raise ValueError(f"data.resident=true keeps batches on the GPU, where loader workers cannot reach; "
+            raise ConfigError(f"data.resident=true keeps batches on the GPU, where loader workers cannot reach; "
                              f"set data.num_workers=0 (got {num_workers})")
         self.num_workers, self.pin_memory, self.resident = num_workers, pin_memory, resident
         self.story_batches = story_batches

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from storyreason.errors import StoryreasonError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(StoryreasonError):
     """Input that cannot become a dataset. The message is one line naming the file, story or key."""
 
 

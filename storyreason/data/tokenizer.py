@@ -32,6 +32,8 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
+from storyreason.errors import ConfigError
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -67,7 +69,7 @@ class CaptionTokenizer:
             max_size: int | None = None) -> CaptionTokenizer:
         """A tokenizer fitted on `captions` (the train split's)."""
         if kind not in KINDS:
-            raise ValueError(f"data.tokenizer must be one of {KINDS}, got {kind!r}")
+            raise ConfigError(f"data.tokenizer must be one of {KINDS}, got {kind!r}")
         texts = [normalize_text(c, lowercase) for c in captions]
         if kind == "bpe":
             return SubwordTokenizer.train(texts, lowercase, min_count, max_size or BPE_DEFAULT_SIZE)
@@ -229,7 +231,7 @@ def pad_captions(token_ids: Sequence[Sequence[int]], max_len: int) -> tuple[np.n
 def caption_length(lengths: np.ndarray, coverage: float) -> int:
     """The smallest caption length (tokens, <eos> included) that holds `coverage` of the given lengths whole."""
     if not 0 < coverage <= 1:
-        raise ValueError(f"data.caption_coverage must be in (0, 1], got {coverage}")
+        raise ConfigError(f"data.caption_coverage must be in (0, 1], got {coverage}")
     if len(lengths) == 0:
         return 2
     return max(int(np.sort(lengths)[max(math.ceil(coverage * len(lengths)) - 1, 0)]), 2)

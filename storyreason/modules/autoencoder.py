@@ -28,7 +28,7 @@ class AutoencoderModule(StageModule):
         stage: str = "pretrain_ae",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # in every checkpoint; the loggers get run.py's clean record
         self.autoencoder = ConvAutoencoder(**autoencoder)
         if channels_last:
             self.autoencoder.to(memory_format=torch.channels_last)

@@ -8,8 +8,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from storyreason.errors import ConfigError, StoryreasonError
 
-class NonFiniteLossError(ValueError):
+
+class NonFiniteLossError(StoryreasonError):
     """Training produced a NaN or infinite loss; the message names the step and the loss term."""
 
 
@@ -60,7 +62,7 @@ class StageModule(L.LightningModule):
         if hp.scheduler == "none":
             return {"optimizer": optimizer}
         if hp.scheduler != "cosine":
-            raise ValueError(f"model.scheduler must be 'cosine' or 'none', got {hp.scheduler!r}")
+            raise ConfigError(f"model.scheduler must be 'cosine' or 'none', got {hp.scheduler!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total - 1)
 

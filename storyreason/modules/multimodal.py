@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from storyreason.data.tokenizer import PAD_ID, CaptionTokenizer
+from storyreason.errors import ConfigError
 from storyreason.metrics import (
     TokenPerplexity, caption_metrics, image_metrics, token_accuracy, update_captions, update_images,
 )
@@ -81,10 +82,10 @@ class MultimodalStoryModule(StageModule):
         loss_weights = dict(loss_weights or {"ce": 1.0, "img": 1.0, "lat": 1.0})
         unknown = set(loss_weights) - {"ce", "img", "lat"}
         if unknown:
-            raise ValueError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
+            raise ConfigError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
         if not any(loss_weights.values()):
-            raise ValueError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
-        self.save_hyperparameters()
+            raise ConfigError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
+        self.save_hyperparameters(logger=False)  # in every checkpoint; the loggers get run.py's clean record
         self.hparams.loss_weights = loss_weights
         self.tokenizer = CaptionTokenizer.from_json(tokenizer_state)
         vocab = self.tokenizer.vocab

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from storyreason.data.stories import SPLITS, StorySplit
+from storyreason.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -70,9 +71,9 @@ class SyntheticWorld:
     ) -> None:
         missing = [s for s in SPLITS if s not in num_stories]
         if missing:
-            raise ValueError(f"data.source.num_stories is missing split(s) {missing}")
+            raise ConfigError(f"data.source.num_stories is missing split(s) {missing}")
         if story_length < 2:
-            raise ValueError(f"data.source.story_length must be >= 2, got {story_length}")
+            raise ConfigError(f"data.source.story_length must be >= 2, got {story_length}")
         self.num_stories = {s: int(num_stories[s]) for s in SPLITS}
         self.story_length = story_length
         self.image_size = image_size
