@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storyreason.demo import README_BEGIN, README_END, readme_block, update_readme
+from storyreason.demo import README_BEGIN, README_END, cpu_name, readme_block, update_readme
 
 
 def test_readme_block_between_the_markers_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
@@ -16,8 +16,9 @@ def test_readme_block_between_the_markers_is_replaced_and_the_rest_kept(tmp_path
     text = readme.read_text()
     assert "old table" not in text
     assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
-    assert ("`make demo` on this machine (install excluded): pretrain_ae 100 s, multimodal 200 s; "
+    assert (f"`make demo` on this machine ({cpu_name()}; install excluded): pretrain_ae 100 s, multimodal 200 s; "
             "the whole command 312 s (5.2 min)." in text)
+    assert "cores" in cpu_name()  # figures name the machine they were measured on
     assert "- [x] bar one\n- [ ] bar two" in text
     assert "| L1 | 0.05 |" in text and "![" in text and "docs/demo/grid.png" in text
     assert update_readme(block, readme) and readme.read_text() == text, "a second write gives the same file"
