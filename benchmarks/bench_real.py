@@ -189,7 +189,7 @@ class Steps:
     """Finished steps' results in <runs>/steps.json, reused by --keep while the setup is the same and no
     earlier step ran again."""
 
-    def __init__(self, runs: Path, setup: dict, keep: bool) -> None:
+    def __init__(self, runs: Path, setup: dict, keep: bool, redo: tuple[str, ...] = ()) -> None:
         self.file = runs / "steps.json"
         saved = read_json(self.file) if keep else {}
         if saved.get("setup") != setup:
@@ -199,13 +199,14 @@ class Steps:
         runs.mkdir(parents=True, exist_ok=True)
         self.setup, self.done = setup, saved.get("steps", {})
         self.ran = False
+        self.redo = set(redo)  # measured again whatever is saved; the steps after them keep theirs
 
     def run(self, step: str, outputs: list[Path], measure: Callable[[], dict]) -> dict:
         """The step's saved result if it finished and its `outputs` are still there, else `measure()`'s."""
         saved = self.done.get(step)
-        if saved is not None and not self.ran and all(p.exists() for p in outputs):
+        if saved is not None and not self.ran and step not in self.redo and all(p.exists() for p in outputs):
             return saved
-        self.ran = True
+        self.ran = self.ran or step not in self.redo
         self.done[step] = measure()
         self.file.write_text(json.dumps({"setup": self.setup, "steps": self.done}, indent=2) + "\n")
         return self.done[step]
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     common = [f"data.path={data}", f"paths.root={runs}", f"paths.cache={runs / 'cache'}",
               f"data.source.hf_cache_dir={runs / 'hf'}", *args.override]
     setup = {"data": str(data), "select": select, "common": common}
-    steps = Steps(runs, setup, args.keep)
+    steps = Steps(runs, setup, args.keep, tuple(args.redo))
     env = child_env()
 
     cache = steps.run("cache", [runs / "cache"], lambda: _cache_step(python, runs, [*select, *common], env))
@@ -343,6 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stand-in")
     parser.add_argument("--experiment", default="storyreasoning",
                         help="conf/experiment/<name>.yaml for the training commands ('' for data=storyreasoning)")
+    parser.add_argument("--redo", action="append", default=[], choices=["evaluate", "evaluate_beam4"],
+                        help="with --keep: measure this evaluation step again (e.g. after a change to evaluation code), "
+                             "keeping every other step's figures (repeatable)")
     parser.add_argument("--gpu", action="store_true",
                         help="keep the recipe's trainer (trainer=gpu); without it every command runs with trainer=cpu")
     parser.add_argument("--override", action="append", default=[], help="Hydra override for every command (repeatable)")

@@ -144,9 +144,11 @@ class TokenPerplexity(Metric):
         self.add_state("nll", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """logits (B, L, V), target (B, L) ids."""
-        nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction="none")
+    def update(self, logits: torch.Tensor, target: torch.Tensor, nll: torch.Tensor | None = None) -> None:
+        """logits (B, L, V), target (B, L) ids; `nll`: the (B*L,) per-token cross-entropy (0 at padding) when
+        the caller already has it, as the loss computes it."""
+        if nll is None:
+            nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction="none")
         self.nll += nll.double().sum()
         self.tokens += (target != PAD_ID).sum()
 

@@ -158,3 +158,14 @@ def test_perplexity_is_exp_of_the_token_cross_entropy() -> None:
     uniform = TokenPerplexity()
     uniform.update(torch.zeros(1, 4, 11), target[2:, :4])
     assert uniform.compute().item() == pytest.approx(11.0, rel=1e-5)
+
+
+def test_perplexity_from_the_loss_per_token_values_is_the_same() -> None:
+    torch.manual_seed(1)
+    logits, target = torch.randn(3, 6, 13), torch.randint(4, 13, (3, 6))
+    target[0, 4:] = PAD_ID
+    given, computed = TokenPerplexity(), TokenPerplexity()
+    given.update(logits, target, nll=F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID,
+                                                     reduction="none"))
+    computed.update(logits, target)
+    assert given.compute().item() == pytest.approx(computed.compute().item(), rel=1e-6)

@@ -19,7 +19,7 @@ from storyreason.metrics import (
 )
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
-from storyreason.models.story import StoryEncoding, StoryModel
+from storyreason.models.story import StoryEncoding, StoryModel, argmax_last
 from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,14 @@ class MultimodalStoryModule(StageModule):
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
         logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
+        token_nll = None
+        if split == "train":
+            ce = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID)
+        else:  # per token, which perplexity sums too: one log-softmax over (B, L, V) instead of two
+            token_nll = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID, reduction="none")
+            ce = token_nll.sum() / (caption != PAD_ID).sum().clamp(min=1)
         terms = {
-            "ce": F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID),
+            "ce": ce,
             "img": F.l1_loss(prediction.image, target),
             "lat": F.mse_loss(prediction.encoding.latent.float(), prediction.target_latent),
         }
@@ -211,17 +217,17 @@ class MultimodalStoryModule(StageModule):
         self.log_dict({f"{split}/loss_{k}": v for k, v in terms.items()}, on_step=on_step, on_epoch=True,
                       batch_size=bs, sync_dist=sync)
         if split != "train":
-            self._update_metrics(split, batch, prediction, logits, target)
+            self._update_metrics(split, batch, prediction, logits, token_nll, target)
         return loss, prediction
 
     @torch.no_grad()
     def _update_metrics(self, split: str, batch: Batch, prediction: Prediction, logits: torch.Tensor,
-                        target: torch.Tensor) -> None:
+                        token_nll: torch.Tensor, target: torch.Tensor) -> None:
         m, bs = self.metrics[split], len(target)
         reference = batch["target_caption"]
         update_images(m["image"], prediction.image, target)
-        m["token_acc"].update(logits.argmax(-1).flatten(), reference.flatten())
-        m["perplexity"].update(logits, reference)
+        m["token_acc"].update(argmax_last(logits).flatten(), reference.flatten())
+        m["perplexity"].update(logits, reference, nll=token_nll)
         reference_text = self.reference_text(batch, split)
         started = time.perf_counter()
         update_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)

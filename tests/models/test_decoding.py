@@ -79,3 +79,16 @@ def test_max_len_beyond_the_decoder_positions_is_refused() -> None:
     model, enc = encoding(vocab=20, max_len=10)
     with pytest.raises(ValueError, match="positions"):
         beam_search(model, enc, beam_size=2, max_len=50)
+
+
+def test_argmax_last_is_torch_argmax_first_maximum_on_ties() -> None:
+    from storyreason.models.story import argmax_last
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 40)
+    x[0, 0, [3, 7]] = 10.0  # a tie: the first maximum wins, as torch.argmax documents
+    assert torch.equal(argmax_last(x), x.argmax(-1))
+    assert argmax_last(x)[0, 0].item() == 3
+    assert torch.equal(argmax_last(x[:, -1]), x[:, -1].argmax(-1))  # strided views too
+    with torch.inference_mode():
+        assert torch.equal(argmax_last(x.clone()), x.argmax(-1))
