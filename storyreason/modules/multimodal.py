@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MetricCollection
 from tqdm.auto import tqdm
 
 from storyreason.data.tokenizer import PAD_ID, CaptionTokenizer
@@ -229,8 +230,7 @@ class MultimodalStoryModule(StageModule):
         m["token_acc"].update(argmax_last(logits).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference, nll=token_nll)
         reference_text = self.reference_text(batch, split)
-        started = time.perf_counter()
-        update_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
+        self._score_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
         scored = ("image", "caption")
         if split not in self._baselines:  # the weights being trained change none of them
             context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
@@ -239,13 +239,19 @@ class MultimodalStoryModule(StageModule):
             update_images(m["ae_ceiling"], self.autoencoder.decode(prediction.target_latent), target)
             last = batch["context_captions"][:, -1]
             last_text = self.reference_text(batch, split, position=-2)
-            update_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
+            self._score_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
             scored += BASELINES
-        self._caption_seconds += time.perf_counter() - started
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
         self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
         for key in scored:
             self.log_dict(m[key], on_epoch=True, batch_size=bs)
+
+    def _score_captions(self, metrics: MetricCollection, generated: torch.Tensor, reference: torch.Tensor,
+                        generated_text: list[str], reference_text: list[str]) -> None:
+        """`update_captions`, timed: the seconds are reported at the end of a test pass."""
+        started = time.perf_counter()
+        update_captions(metrics, generated, reference, generated_text, reference_text)
+        self._caption_seconds += time.perf_counter() - started
 
     def on_validation_epoch_start(self) -> None:
         self._caption_seconds = 0.0
