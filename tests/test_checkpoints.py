@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storyreason.checkpoints import CheckpointError, find_latest_run, resolve_ae_checkpoint
+from storyreason.checkpoints import CheckpointError, resolve_ae_checkpoint
 from storyreason.run import train
+from storyreason.rundir import RunDir, latest_finished_run
 from tests.conftest import compose_config
 
 RUN_STAGE1_FIRST = r"Run stage 1 first \(python train\.py stage=pretrain_ae\)"
@@ -58,7 +59,7 @@ def test_a_stage1_run_directory_means_its_best_checkpoint(ae_run: Path) -> None:
 
 
 def fake_run(root: Path, stage: str, name: str, finished: bool = True, mtime: float = 1e9) -> Path:
-    """A run directory with what `find_latest_run` reads: .hydra/config.yaml, best.ckpt and metrics.json."""
+    """A run directory with what `latest_finished_run` reads: .hydra/config.yaml, best.ckpt and metrics.json."""
     run = root / stage / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(f"stage:\n  name: {stage}\n")
@@ -75,7 +76,7 @@ def test_auto_takes_the_newest_finished_stage1_run(tmp_path: Path) -> None:
     newest = fake_run(tmp_path, "pretrain_ae", "new", mtime=2e9)
     fake_run(tmp_path, "pretrain_ae", "unfinished", finished=False)
     fake_run(tmp_path, "multimodal", "later_stage2", mtime=3e9)
-    assert find_latest_run(tmp_path, "pretrain_ae") == newest
+    assert latest_finished_run(tmp_path, "pretrain_ae") == RunDir(newest)
 
 
 def _not_a_checkpoint(folder: Path, kind: str) -> Path:
@@ -117,3 +118,4 @@ def test_a_random_file_as_checkpoint_exits_2_in_one_line(tmp_path: Path, stage: 
     assert result.returncode == 2, output(result)
     assert f"{path} is not a checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("train.log"))
+
