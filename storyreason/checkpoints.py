@@ -103,35 +103,47 @@ def resolve_checkpoint(ckpt_path: str | Path | None) -> Path:
     return path
 
 
+MODULES: dict[str, type[L.LightningModule]] = {AE_STAGE: AutoencoderModule, STORY_STAGE: MultimodalStoryModule}
+
+
+def legacy_hyperparameters(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What an older checkpoint's hyperparameters lack, in this version's terms (passed to
+    `load_from_checkpoint`, which takes them over the saved ones): stage-2 checkpoints saved before
+    tokenizers were fitted objects hold a whitespace word vocabulary `vocab`, kept as it was."""
+    if hparams.get("stage") == STORY_STAGE and "vocab" in hparams and "tokenizer_state" not in hparams:
+        return {"tokenizer_state": WordTokenizer(hparams["vocab"], split_punctuation=False).to_json()}
+    return {}
+
+
 def module_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
     """The stage's LightningModule rebuilt from a checkpoint alone, in eval mode, and the loaded checkpoint.
 
-    The hyperparameters are plain values (the tokenizer as JSON, autoencoder and story sizes, context length),
-    so nothing else is read: a stage-2 module gets its autoencoder weights from the same state dict,
-    never from the `ae_ckpt` path it was trained with.
+    `load_checkpoint` reads the file first, for the stage to dispatch on and to refuse unsafe or broken
+    files in our words; Lightning's `load_from_checkpoint(weights_only=True)` then builds the module.
+    The hyperparameters are plain values (the tokenizer as JSON, autoencoder and story sizes, context
+    length), so nothing else is read: a stage-2 module gets its autoencoder weights from the same state
+    dict, never from the `ae_ckpt` path it was trained with.
     """
     ckpt = load_checkpoint(path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams = ckpt.get("hyper_parameters") or {}
     stage = hparams.get("stage")
-    modules = {AE_STAGE: AutoencoderModule, STORY_STAGE: MultimodalStoryModule}
-    if stage not in modules or "state_dict" not in ckpt:
+    if stage not in MODULES:
         raise CheckpointError(
             f"{path} is not a storyreason checkpoint: its hyperparameters name stage {stage!r}, "
-            f"not one of {sorted(modules)}"
+            f"not one of {sorted(MODULES)}"
         )
-    cls = modules[stage]
-    if stage == STORY_STAGE and "vocab" in hparams and "tokenizer_state" not in hparams:
-        # saved before tokenizers were fitted objects: a whitespace word vocabulary, kept as it was
-        hparams["tokenizer_state"] = WordTokenizer(hparams.pop("vocab"), split_punctuation=False).to_json()
-    accepted = inspect.signature(cls.__init__).parameters
-    dropped = sorted(set(hparams) - set(accepted))
-    if dropped:
+    cls = MODULES[stage]
+    fixed = legacy_hyperparameters(hparams)
+    replaced = {"vocab"} if fixed else set()
+    dropped = sorted(set(hparams) - replaced - set(inspect.signature(cls.__init__).parameters))
+    if dropped:  # Lightning leaves out what __init__ does not take, silently
         log.warning("%s: ignoring hyperparameters this version of the %s module does not take: %s",
                     path, stage, dropped)
-    module = cls(**{k: v for k, v in hparams.items() if k in accepted})
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **fixed)
     except RuntimeError as err:
+        if "Error(s) in loading state_dict" not in str(err):
+            raise
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:])
         raise CheckpointError(f"{path} does not fit this version of the {stage} model ({detail})") from None
     return module.eval(), ckpt
