@@ -322,7 +322,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     if stage == STORY_STAGE:
         write_captions(recorder, out / "captions.tsv")
     run = RunDir.of_checkpoint(ckpt)
-    curves = write_loss_curves(read_scalars(run.path / "tensorboard", run.path / "csv" / "metrics.csv"), out) if run else []
+    logs = (run.path / "tensorboard", run.path / "csv" / "metrics.csv") if run else None
+    curves = write_loss_curves(read_scalars(*logs), out) if logs else []
     same_data = same_data_as_training(cfg, run)
     if same_data is False:
         log.warning("the data source settings differ from those %s was trained with: "

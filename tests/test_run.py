@@ -146,6 +146,7 @@ def test_run_dir_names_a_runs_files_and_finds_the_newest_finished_run(
     for name, when in (("a", 1e9), ("b", 2e9)):
         os.utime(copies[name].metrics, (when, when))
     os.utime(copies["c"].last, (3e9, 3e9))  # the newest run is the unfinished one
+    os.utime(copies["b"].last, (5e9, 5e9))  # a finished run's last.ckpt, newer still, is no run to resume
     os.utime(tmp_path / "pretrain_ae" / "d" / RunDir.METRICS, (4e9, 4e9))  # of the other stage
     assert latest_finished_run(tmp_path, "multimodal") == copies["b"]
     assert latest_unfinished_run(tmp_path, "multimodal") == copies["c"]
