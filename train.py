@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from storyreason.config import check_group_choices, null_groups_removed
 from storyreason.errors import ConfigError, user_error
-from storyreason.resume import discard_unstarted_run
+from storyreason.rundir import discard_unstarted_run
 from storyreason.run import run
 from storyreason.sweeps import record_job
 

@@ -1,14 +1,29 @@
-"""Lightning callbacks: sample grids and captions for TensorBoard and the run's samples/ folder."""
+"""Lightning callbacks and plugins: sample grids and captions for TensorBoard and the run's samples/
+folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
+on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
+
+from storyreason.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 
 class SampleLogger(L.Callback):
@@ -60,3 +75,130 @@ class SampleLogger(L.Callback):
             all_lines += lines
         if all_lines:
             (out / "test_captions.txt").write_text("\n\n".join(all_lines) + "\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, syncs it to disk and renames it into place, so a
+    kill at any moment leaves the previous complete file. (Lightning's own save stages the file in the
+    system temp directory and moves it, which is a copy, not a rename, when that is another filesystem.)"""
+
+    PARTIAL = ".tmp-"  # `.<name>.tmp-<pid>`: a save in progress, or one a kill interrupted
+
+    @classmethod
+    def discard_partial(cls, folder: Path) -> None:
+        """Remove the temporary files of saves a kill interrupted."""
+        for stale in folder.glob(f".*{cls.PARTIAL}*"):
+            stale.unlink(missing_ok=True)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}{self.PARTIAL}{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RunInterrupted(SystemExit):
+    """Training stopped on a signal after saving last.ckpt; the exit status is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps checkpoints/last.ckpt of the run current between the epoch-end saves of ModelCheckpoint:
+    every `every_n_train_steps` training steps, so a killed run loses at most that many, and when
+    Ctrl-C (SIGINT) or SIGTERM arrives: it finishes the current step, saves, prints the command that
+    resumes the run and exits with 128 + the signal number. A second signal stops at once.
+
+    It saves only where Lightning resumes exactly: after a training step inside an epoch (the last
+    step of an epoch goes on to validation, and ModelCheckpoint saves after that), or, for a signal
+    in an epoch's last step or its validation, at the end of the epoch. While training runs its
+    handlers replace Lightning's SIGTERM handler, so a signal never cuts a validation pass in half;
+    under DDP the ranks agree to stop after the same step.
+    """
+
+    def __init__(self, run_dir: str, stage: str, every_n_train_steps: int = 100) -> None:
+        self.run_dir, self.stage, self.every_n_train_steps = RunDir(run_dir), stage, every_n_train_steps
+        self.signum: int | None = None
+        self._stopping = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir.last
+
+    @property
+    def resume_command(self) -> str:
+        """The command line that continues the run."""
+        return f"python train.py stage={self.stage} resume={shlex.quote(str(self.run_dir.path))}"
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this training step, then saving {self.last} "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signum, self._stopping = None, False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _signalled(self, trainer: L.Trainer) -> bool:
+        """Whether any rank got a signal (a collective under DDP: every rank asks at the same points)."""
+        return trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        name = signal.Signals(self.signum or signal.SIGTERM).name
+        log.warning("%s: stopped at epoch %d, step %d; %s holds it", name, trainer.current_epoch,
+                    trainer.global_step, self.last)
+        raise RunInterrupted(self.signum or signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        signalled = self._signalled(trainer)
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        n = self.every_n_train_steps
+        if signalled or (n and trainer.global_step % n == 0):
+            trainer.save_checkpoint(self.last, weights_only=False)
+        self._stopping = signalled
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._stopping:  # stopped here rather than at the end of the saved step, so its metrics are logged
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._signalled(trainer):
+            trainer.save_checkpoint(self.last, weights_only=False)
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        if not isinstance(exception, (RunInterrupted, KeyboardInterrupt)) or not trainer.is_global_zero:
+            return
+        if not self.last.is_file():
+            print("\nInterrupted before the first checkpoint: start the run again.", file=sys.stderr, flush=True)
+            return
+        saved = "saved" if isinstance(exception, RunInterrupted) else "the newest checkpoint is"
+        print(f"\nInterrupted: {saved} {self.last}\nResume with:\n  {self.resume_command}\n",
+              file=sys.stderr, flush=True)

@@ -11,21 +11,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 
 from storyreason.data.tokenizer import WordTokenizer
-from storyreason.errors import StoryreasonError
+from storyreason.errors import CheckpointError
 from storyreason.modules.autoencoder import AutoencoderModule
 from storyreason.modules.multimodal import MultimodalStoryModule
+from storyreason.rundir import RunDir, latest_finished_run
 
 log = logging.getLogger(__name__)
 
 AE_STAGE = "pretrain_ae"
 STORY_STAGE = "multimodal"
-
-
-class CheckpointError(StoryreasonError):
-    """A checkpoint is missing, unsafe or does not fit what the run needs."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,45 +53,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def run_stage(run_dir: Path) -> str | None:
-    """The stage a run directory was trained with, read from its saved Hydra config."""
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return None
-    return OmegaConf.select(OmegaConf.load(config), "stage.name")
-
-
-def best_checkpoint(run_dir: str | Path) -> Path:
-    """The best checkpoint of a finished run directory."""
-    path = Path(run_dir) / "checkpoints" / "best.ckpt"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} has no checkpoints/best.ckpt: is it a finished storyreason run?")
-    return path
-
-
-def find_latest_run(root: str | Path, stage: str) -> Path:
-    """The newest finished run (one that wrote metrics.json) of `stage` under `root`."""
-    runs = [
-        m.parent
-        for m in Path(root).glob("**/metrics.json")
-        if (m.parent / "checkpoints" / "best.ckpt").is_file() and run_stage(m.parent) == stage
-    ]
-    if not runs:
-        raise CheckpointError(f"no finished {stage} run under {root}")
-    return max(runs, key=lambda r: (r / "metrics.json").stat().st_mtime)
-
-
 def resolve_ae_checkpoint(ae_ckpt: str | None, root: str | Path) -> Path:
     """`model.ae_ckpt`: a checkpoint file, a stage-1 run directory, or `auto` (newest finished stage-1 run)."""
     hint = "Run stage 1 first (python train.py stage=pretrain_ae) or set model.ae_ckpt=PATH."
     if ae_ckpt in (None, "", "auto"):
         try:
-            return best_checkpoint(find_latest_run(root, AE_STAGE))
+            return latest_finished_run(root, AE_STAGE).best_checkpoint()
         except CheckpointError as err:
             raise CheckpointError(f"model.ae_ckpt=auto found no autoencoder: {err}. {hint}") from None
     path = Path(ae_ckpt)
     if path.is_dir():
-        return best_checkpoint(path)
+        return RunDir(path).best_checkpoint()
     if not path.is_file():
         raise CheckpointError(f"model.ae_ckpt={ae_ckpt} does not exist. {hint}")
     return path
@@ -108,7 +76,7 @@ def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, t
     if hparams.get("stage") != AE_STAGE or "autoencoder" not in hparams:
         raise CheckpointError(
             f"model.ae_ckpt={path} is not a stage-1 autoencoder checkpoint (stage={hparams.get('stage')!r}). "
-            "Run stage 1 first (python train.py stage=pretrain_ae) or point model.ae_ckpt at its best.ckpt."
+            f"Run stage 1 first (python train.py stage=pretrain_ae) or point model.ae_ckpt at its {RunDir.BEST}."
         )
     saved = hparams["autoencoder"]
     for key, value in expected.items():
@@ -124,46 +92,58 @@ def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, t
 
 
 def resolve_checkpoint(ckpt_path: str | Path | None) -> Path:
-    """`ckpt_path=`: a checkpoint file, or a run directory whose checkpoints/best.ckpt is used."""
+    """`ckpt_path=`: a checkpoint file, or a run directory whose best checkpoint is used."""
     if ckpt_path in (None, ""):
         raise CheckpointError("ckpt_path is not set: pass ckpt_path=<checkpoint file or run directory>")
     path = Path(ckpt_path)
     if path.is_dir():
-        return best_checkpoint(path)
+        return RunDir(path).best_checkpoint()
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path} does not exist (give a .ckpt file or a run directory)")
     return path
 
 
+MODULES: dict[str, type[L.LightningModule]] = {AE_STAGE: AutoencoderModule, STORY_STAGE: MultimodalStoryModule}
+
+
+def legacy_hyperparameters(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What an older checkpoint's hyperparameters lack, in this version's terms (passed to
+    `load_from_checkpoint`, which takes them over the saved ones): stage-2 checkpoints saved before
+    tokenizers were fitted objects hold a whitespace word vocabulary `vocab`, kept as it was."""
+    if hparams.get("stage") == STORY_STAGE and "vocab" in hparams and "tokenizer_state" not in hparams:
+        return {"tokenizer_state": WordTokenizer(hparams["vocab"], split_punctuation=False).to_json()}
+    return {}
+
+
 def module_from_checkpoint(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
     """The stage's LightningModule rebuilt from a checkpoint alone, in eval mode, and the loaded checkpoint.
 
-    The hyperparameters are plain values (the tokenizer as JSON, autoencoder and story sizes, context length),
-    so nothing else is read: a stage-2 module gets its autoencoder weights from the same state dict,
-    never from the `ae_ckpt` path it was trained with.
+    `load_checkpoint` reads the file first, for the stage to dispatch on and to refuse unsafe or broken
+    files in our words; Lightning's `load_from_checkpoint(weights_only=True)` then builds the module.
+    The hyperparameters are plain values (the tokenizer as JSON, autoencoder and story sizes, context
+    length), so nothing else is read: a stage-2 module gets its autoencoder weights from the same state
+    dict, never from the `ae_ckpt` path it was trained with.
     """
     ckpt = load_checkpoint(path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams = ckpt.get("hyper_parameters") or {}
     stage = hparams.get("stage")
-    modules = {AE_STAGE: AutoencoderModule, STORY_STAGE: MultimodalStoryModule}
-    if stage not in modules or "state_dict" not in ckpt:
+    if stage not in MODULES:
         raise CheckpointError(
             f"{path} is not a storyreason checkpoint: its hyperparameters name stage {stage!r}, "
-            f"not one of {sorted(modules)}"
+            f"not one of {sorted(MODULES)}"
         )
-    cls = modules[stage]
-    if stage == STORY_STAGE and "vocab" in hparams and "tokenizer_state" not in hparams:
-        # saved before tokenizers were fitted objects: a whitespace word vocabulary, kept as it was
-        hparams["tokenizer_state"] = WordTokenizer(hparams.pop("vocab"), split_punctuation=False).to_json()
-    accepted = inspect.signature(cls.__init__).parameters
-    dropped = sorted(set(hparams) - set(accepted))
-    if dropped:
+    cls = MODULES[stage]
+    fixed = legacy_hyperparameters(hparams)
+    replaced = {"vocab"} if fixed else set()
+    dropped = sorted(set(hparams) - replaced - set(inspect.signature(cls.__init__).parameters))
+    if dropped:  # Lightning leaves out what __init__ does not take, silently
         log.warning("%s: ignoring hyperparameters this version of the %s module does not take: %s",
                     path, stage, dropped)
-    module = cls(**{k: v for k, v in hparams.items() if k in accepted})
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **fixed)
     except RuntimeError as err:
+        if "Error(s) in loading state_dict" not in str(err):
+            raise
         detail = "; ".join(line.strip() for line in str(err).splitlines()[1:])
         raise CheckpointError(f"{path} does not fit this version of the {stage} model ({detail})") from None
     return module.eval(), ckpt

@@ -22,8 +22,8 @@ from pathlib import Path
 
 STARTED = time.perf_counter()  # before the imports below: the demo's total is the whole command's wall time
 
-from storyreason.checkpoints import find_latest_run
 from storyreason.report import markdown_table, print_table, results_table, write_text_atomic
+from storyreason.rundir import RunDir, latest_finished_run
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "demo"  # the README shows these, refreshed by `make docs`
@@ -103,8 +103,8 @@ def write_outputs(out: Path, ae_run: Path, run: Path, wall: dict[str, float], ar
     """The demo's report, sample grid, wall times and README block in `out`; its tables on stdout; the checks."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "samples" / "test_grid_0.png", out / "grid.png")
-    ae_metrics = json.loads((ae_run / "metrics.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
+    ae_metrics = json.loads(RunDir(ae_run).metrics.read_text())
+    metrics = json.loads(RunDir(run).metrics.read_text())
     report = (
         "Stage 1 autoencoder, test split:\n\n" + markdown_table(*results_table(ae_metrics))
         + "\n\nStage 2 model vs baselines, test split:\n\n" + markdown_table(*results_table(metrics)) + "\n"
@@ -143,14 +143,14 @@ def main(argv: list[str]) -> None:
         return
     recipe = ["experiment=demo", *argv]  # the demo's recipe; the user's overrides (ARGS=...) win
     wall = {"pretrain_ae": _stage("pretrain_ae", recipe)}
-    ae_run = find_latest_run(root, "pretrain_ae")
+    ae_run = latest_finished_run(root, "pretrain_ae").path
     wall["multimodal"] = _stage("multimodal", [*recipe, f"model.ae_ckpt={ae_run}"])
-    run = find_latest_run(root, "multimodal")
+    run = latest_finished_run(root, "multimodal").path
     checks = write_outputs(root / OUT, ae_run, run, wall, argv)
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {name}")
     print(f"stage 1 run: {_show(ae_run)}")
-    print(f"stage 2 run: {_show(run)}  (metrics.json, checkpoints/, samples/, tensorboard/)")
+    print(f"stage 2 run: {_show(run)}  ({RunDir.METRICS}, {RunDir.CHECKPOINTS}/, samples/, tensorboard/)")
     print(f"report, sample grid and wall times: {_show(root / OUT)}/ (`make docs` puts them in docs/demo/ and README.md)")
     print(f"TensorBoard: .venv/bin/tensorboard --logdir {_show(root)}")
 

@@ -17,6 +17,10 @@ class ConfigError(StoryreasonError):
     """A config value is out of range or inconsistent; the message names the key and what is allowed."""
 
 
+class CheckpointError(StoryreasonError):
+    """A checkpoint or run directory is missing, unsafe or does not fit what the run needs."""
+
+
 def user_error(err: BaseException) -> StoryreasonError | None:
     """`err` when it is ours, or ours raised while Hydra instantiated a config node (a source's DataError);
     None for anything else, which is a bug to show with its traceback."""

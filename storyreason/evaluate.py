@@ -36,6 +36,7 @@ from storyreason.history import Scalar, read_scalars
 from storyreason.modules.base import to_unit
 from storyreason.modules.multimodal import Prediction
 from storyreason.report import markdown_table, print_table, results_table, write_json_atomic
+from storyreason.rundir import RunDir
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -185,11 +186,6 @@ def write_captions(recorder: Recorder, path: Path) -> None:
         writer.writerows(recorder.captions)
 
 
-def training_run(ckpt: Path) -> Path | None:
-    """The run directory a checkpoint was saved in (`<run>/checkpoints/x.ckpt`), if it is one."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-
-
 def write_loss_curves(scalars: dict[str, list[Scalar]], out: Path) -> list[Path]:
     """curves/losses.png, a panel per loss term (`loss`, `loss_ce`, ...): train per step and epoch mean, val.
 
@@ -233,13 +229,12 @@ def write_loss_curves(scalars: dict[str, list[Scalar]], out: Path) -> list[Path]
     return [path]
 
 
-def same_data_as_training(cfg: DictConfig, run: Path | None) -> bool | None:
+def same_data_as_training(cfg: DictConfig, run: RunDir | None) -> bool | None:
     """Whether the data source settings equal those the training run saved (None: cannot tell)."""
-    saved = run / ".hydra" / "config.yaml" if run is not None else None
-    if saved is None or not saved.is_file():
+    if run is None or not run.config.is_file():
         return None
     try:
-        trained = OmegaConf.to_container(OmegaConf.load(saved).data.source, resolve=True)
+        trained = OmegaConf.to_container(OmegaConf.load(run.config).data.source, resolve=True)
         return trained == OmegaConf.to_container(cfg.data.source, resolve=True)
     except Exception:  # a saved config this version cannot resolve says nothing either way
         return None
@@ -318,7 +313,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     )
     loop = trainer.validate if split == "val" else trainer.test
     metrics = {k: float(v) for result in loop(module, datamodule=datamodule, verbose=False) for k, v in result.items()}
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(RunDir(out).metrics, metrics)
 
     columns = ["frame", "reconstruction"]
     if stage == STORY_STAGE:
@@ -326,8 +321,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     grids = write_grids(recorder, columns, out, cfg.eval.grid_rows)
     if stage == STORY_STAGE:
         write_captions(recorder, out / "captions.tsv")
-    run = training_run(ckpt)
-    curves = write_loss_curves(read_scalars(run / "tensorboard", run / "csv" / "metrics.csv"), out) if run else []
+    run = RunDir.of_checkpoint(ckpt)
+    logs = (run.path / "tensorboard", run.path / "csv" / "metrics.csv") if run else None
+    curves = write_loss_curves(read_scalars(*logs), out) if logs else []
     same_data = same_data_as_training(cfg, run)
     if same_data is False:
         log.warning("the data source settings differ from those %s was trained with: "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -23,6 +22,7 @@ from storyreason.evaluate import evaluate
 from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
 from storyreason.resume import resume_run
+from storyreason.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    out = Path(cfg.paths.output_dir)
+    out = RunDir(cfg.paths.output_dir)
     datamodule: StoryDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]  # logger=null: none
@@ -133,14 +133,14 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
-        datamodule.tokenizer.save(out / "tokenizer.json")
+        datamodule.tokenizer.save(out.tokenizer)
     metrics = final_metrics(trainer, module, datamodule)
     metrics |= {f"data/{k}": float(v) for k, v in datamodule.text_stats.items()}
     if trainer.is_global_zero:
-        write_json_atomic(out / "metrics.json", metrics)
+        write_json_atomic(out.metrics, metrics)
         log_hparams(trainer, cfg, metrics)
-        print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out})")
-        log.info("metrics: %s", out / "metrics.json")
+        print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out.path})")
+        log.info("metrics: %s", out.metrics)
     return metrics.get(cfg.optimized_metric)
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from storyreason.distributed import sweep_job_as_single_run
 from storyreason.errors import ConfigError, user_error
 from storyreason.report import markdown_table, write_json_atomic
+from storyreason.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ def record_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> f
     return value
 
 
-def _mode(saved: Path, config: DictConfig) -> str:
+def _mode(job: RunDir, config: DictConfig) -> str:
     """`max` or `min`: the sweeper's direction where it has one (Optuna), else the stage's."""
-    hydra = OmegaConf.load(saved / "hydra.yaml") if (saved / "hydra.yaml").is_file() else OmegaConf.create()
+    hydra = OmegaConf.load(job.hydra_config) if job.hydra_config.is_file() else OmegaConf.create()
     direction = OmegaConf.select(hydra, "hydra.sweeper.direction", default=None)
     if isinstance(direction, str) and direction in ("minimize", "maximize"):
         return direction[:3]
@@ -80,19 +81,19 @@ def _mode(saved: Path, config: DictConfig) -> str:
 
 def _job_row(job_dir: Path) -> dict[str, Any]:
     """One job's name, status, overrides, optimized metric (name, value, mode), error and metrics."""
-    saved = job_dir / ".hydra"
-    overrides = list(OmegaConf.load(saved / "overrides.yaml")) if (saved / "overrides.yaml").is_file() else []
-    config = OmegaConf.load(saved / "config.yaml") if (saved / "config.yaml").is_file() else OmegaConf.create()
+    job = RunDir(job_dir)
+    overrides = list(OmegaConf.load(job.overrides)) if job.overrides.is_file() else []
+    config = OmegaConf.load(job.config) if job.config.is_file() else OmegaConf.create()
     metric = OmegaConf.select(config, "optimized_metric", default=None)
     outcome = json.loads((job_dir / JOB_FILE).read_text()) if (job_dir / JOB_FILE).is_file() else {}
-    metrics = json.loads((job_dir / "metrics.json").read_text()) if (job_dir / "metrics.json").is_file() else {}
+    metrics = json.loads(job.metrics.read_text()) if job.finished else {}
     return {
         "job": job_dir.name,
         "status": outcome.get("status", "done" if metrics else "unfinished"),
         "overrides": overrides,
         "metric": metric,
         "value": metrics.get(metric) if metric else None,
-        "mode": _mode(saved, config),
+        "mode": _mode(job, config),
         "error": outcome.get("error", ""),
         "metrics": metrics,
     }
@@ -112,7 +113,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     `overrides` is reduced to the overrides that differ between the jobs, so the row shows what
     the sweep varied; with a single job it keeps them all.
     """
-    jobs = sorted((d for d in Path(sweep_dir).iterdir() if (d / ".hydra").is_dir()), key=lambda d: d.name.zfill(8))
+    jobs = sorted((d for d in Path(sweep_dir).iterdir() if RunDir(d).hydra.is_dir()), key=lambda d: d.name.zfill(8))
     rows = [_job_row(d) for d in jobs]
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     for row in rows:

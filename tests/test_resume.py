@@ -4,21 +4,26 @@ its own directory and ends with the metrics of a run that was never interrupted.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shlex
 import signal
 import sys
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from storyreason.callbacks import AtomicCheckpointIO, RunInterrupted
 from storyreason.checkpoints import CheckpointError
 from storyreason.data.samplers import EpochSampler
-from storyreason.resume import AtomicCheckpointIO, RunInterrupted, continued_config, find_unfinished_run, resume_run
+from storyreason.resume import continued_config, resume_run
+from storyreason.rundir import RunDir, latest_unfinished_run
 from storyreason.run import train
 from tests.commands import metrics, output, run_command, train_py
 from tests.conftest import CONF, compose_config, scalars
@@ -64,6 +69,7 @@ def test_ctrl_c_then_a_kill_mid_epoch_then_resume_ends_like_an_uninterrupted_run
     assert stopped.returncode == 128 + signal.SIGINT, output(stopped)[-3000:]
     run = the_run(tmp_path)
     assert last_step(run) == 6
+    assert RunDir(run).log.is_file() and RunDir(run).overrides.is_file()  # what Hydra keeps of a run
     assert not (run / "metrics.json").exists() and "Traceback" not in stopped.stderr
     command = re.search(r"Resume with:\n\s+(.+)\n", stopped.stderr)
     assert command, stopped.stderr[-2000:]
@@ -99,6 +105,34 @@ def test_sigterm_finishes_the_step_saves_and_prints_the_resume_command(
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
 
 
+class ReseedGlobalRngs(L.Callback):
+    """Sets the global torch, NumPy and Python RNGs to `seed` when training starts, where a resumed run
+    finds them as `seed_everything` and building the model left them, not as the interrupted run had them."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        random.seed(self.seed)
+
+
+def test_training_draws_nothing_from_the_global_rngs_so_checkpoints_need_not_hold_them(
+    ae_run: Path, story_run: Path, tmp_path: Path
+) -> None:
+    """Lightning's checkpoints do not hold the global RNG states. Stage 1 resumes exactly without them
+    (the test above); stage 2 trained from other global RNG states ends with the same metrics."""
+    reseed = ["+callbacks.reseed._target_=tests.test_resume.ReseedGlobalRngs", "+callbacks.reseed.seed=1234"]
+    cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_run / 'pretrain_ae' / 'run'}",
+                                                  f"paths.cache={ae_run / 'cache'}", *reseed])
+    train(cfg)
+    assert metrics(Path(cfg.paths.output_dir)) == metrics(story_run), (
+        "training draws from the global RNGs (dropout, random augmentation?): an exact resume now needs their "
+        "states in the checkpoints (a callback's state_dict)"
+    )
+
+
 def test_continued_config_keeps_the_runs_values_unless_the_command_line_overrides_them() -> None:
     saved = OmegaConf.create({"model": {"lr": 0.1, "depth": 2}, "trainer": {"max_epochs": 4}, "resume": None})
     now = OmegaConf.create({"model": {"lr": 0.5, "depth": 3, "width": 8}, "trainer": {"max_epochs": 9}, "resume": "x"})
@@ -124,9 +158,9 @@ def test_resume_latest_takes_the_newest_unfinished_run_of_the_stage(tmp_path: Pa
     fake_run(tmp_path, "c", "multimodal", finished=True)
     fake_run(tmp_path, "d", "pretrain_ae")
     os.utime(old / "checkpoints" / "last.ckpt", (1, 1))
-    assert find_unfinished_run(tmp_path, "multimodal") == new
+    assert latest_unfinished_run(tmp_path, "multimodal") == RunDir(new)
     with pytest.raises(CheckpointError, match="no unfinished"):
-        find_unfinished_run(tmp_path / "multimodal" / "c", "multimodal")
+        latest_unfinished_run(tmp_path / "multimodal" / "c", "multimodal")
 
 
 def test_resume_refuses_a_finished_run(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +15,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from storyreason.data.tokenizer import CaptionTokenizer
+from storyreason.errors import CheckpointError
 from storyreason.run import keep_one_batch, train
+from storyreason.rundir import RunDir, latest_finished_run, latest_unfinished_run
 from tests.conftest import compose_config, read_metrics, scalars
 
 STAGE1_KEYS = ["test/l1", "test/psnr", "test/ssim"]
@@ -123,3 +127,28 @@ def test_a_fraction_that_keeps_no_batch_of_a_small_split_keeps_one(caplog: pytes
     keep_one_batch(cfg, small)
     assert cfg.limit_train_batches == 1
     assert "trainer.limit_train_batches=0.8 of 1 train batch(es) keeps none" in caplog.text
+
+
+def test_run_dir_names_a_runs_files_and_finds_the_newest_finished_run(
+    ae_run: Path, story_run: Path, tmp_path: Path
+) -> None:
+    run = RunDir(story_run)
+    for path in (run.best, run.last, run.metrics, run.config, run.tokenizer):
+        assert path.is_file() and path.parent in (run.path, run.checkpoints, run.hydra), path
+    assert run.finished and run.stage == "multimodal"
+    assert RunDir(ae_run / "pretrain_ae" / "run").stage == "pretrain_ae"
+    assert RunDir.of_checkpoint(run.best) == run and RunDir.of_checkpoint(tmp_path / "x.ckpt") is None
+
+    copies = {name: RunDir(shutil.copytree(story_run, tmp_path / "multimodal" / name)) for name in "abc"}
+    shutil.copytree(ae_run / "pretrain_ae" / "run", tmp_path / "pretrain_ae" / "d")
+    copies["c"].metrics.unlink()  # c stopped before its final evaluation
+    assert not copies["c"].finished and not RunDir(tmp_path / "multimodal").finished
+    for name, when in (("a", 1e9), ("b", 2e9)):
+        os.utime(copies[name].metrics, (when, when))
+    os.utime(copies["c"].last, (3e9, 3e9))  # the newest run is the unfinished one
+    os.utime(copies["b"].last, (5e9, 5e9))  # a finished run's last.ckpt, newer still, is no run to resume
+    os.utime(tmp_path / "pretrain_ae" / "d" / RunDir.METRICS, (4e9, 4e9))  # of the other stage
+    assert latest_finished_run(tmp_path, "multimodal") == copies["b"]
+    assert latest_unfinished_run(tmp_path, "multimodal") == copies["c"]
+    with pytest.raises(CheckpointError, match="no unfinished pretrain_ae run"):
+        latest_unfinished_run(tmp_path, "pretrain_ae")
