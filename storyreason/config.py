@@ -160,6 +160,9 @@ SCHEMA: dict[str, Rule] = {
     "callbacks.samples.num_samples": integer(0),
     "callbacks.samples.num_grids": integer(0),
     "callbacks.progress_bar.refresh_rate": integer(0),
+    "callbacks.divergence.factor": number(1, lo_open=True),
+    "callbacks.divergence.patience": integer(1),
+    "callbacks.divergence.stop": BOOL,
     # stage=evaluate, stage=predict
     "eval.split": choice("val", "test"),
     "eval.beam_size": integer(1),
