@@ -111,6 +111,7 @@ SCHEMA: dict[str, Rule] = {
     "data.source.p_*": number(0, 1),
     # model (both stages)
     "model.lr": number(0, lo_open=True),
+    "model.lr_reference_width": integer(1) | NULL,
     "model.weight_decay": number(0),
     "model.mse_weight": number(0),
     "model.scheduler": choice("cosine", "none"),

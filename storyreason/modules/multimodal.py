@@ -20,7 +20,7 @@ from storyreason.metrics import (
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel, argmax_last
-from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss
+from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss, width_scaled_lr
 
 log = logging.getLogger(__name__)
 # The frozen autoencoder is kept in eval mode on purpose (its BatchNorm statistics stay stage 1's).
@@ -71,6 +71,7 @@ class MultimodalStoryModule(StageModule):
         cache_latents: bool = True,
         loss_weights: dict[str, float] | None = None,
         lr: float = 1e-3,
+        lr_reference_width: int | None = None,
         weight_decay: float = 0.0,
         scheduler: str = "cosine",
         warmup_steps: int = 0,
@@ -121,6 +122,11 @@ class MultimodalStoryModule(StageModule):
                 "oracle_caption": caption_metrics(f"{prefix}baseline/oracle_caption/", vocab_size),
             }
         )
+
+    def learning_rate(self) -> float:
+        """`lr`, scaled down for a story model wider than `lr_reference_width` (`width_scaled_lr`)."""
+        widths = [v for k, v in self.hparams.story.items() if k in ("text_dim", "fusion_dim", "state_dim", "decoder_dim")]
+        return width_scaled_lr(self.hparams.lr, widths, self.hparams.lr_reference_width)
 
     def train(self, mode: bool = True) -> MultimodalStoryModule:
         """A frozen autoencoder stays in eval mode, so BatchNorm statistics never drift."""
