@@ -125,7 +125,8 @@ class MultimodalStoryModule(StageModule):
 
     def learning_rate(self) -> float:
         """`lr`, scaled down for a story model wider than `lr_reference_width` (`width_scaled_lr`)."""
-        widths = [v for k, v in self.hparams.story.items() if k in ("text_dim", "fusion_dim", "state_dim", "decoder_dim")]
+        story = self.hparams.story
+        widths = [story[k] for k in ("text_dim", "fusion_dim", "state_dim", "decoder_dim") if k in story]
         return width_scaled_lr(self.hparams.lr, widths, self.hparams.lr_reference_width)
 
     def train(self, mode: bool = True) -> MultimodalStoryModule:
