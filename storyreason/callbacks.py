@@ -1,10 +1,12 @@
 """Lightning callbacks and plugins: sample grids and captions for TensorBoard and the run's samples/
 folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
-on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run)."""
+on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run); a watch on validation for a run that
+diverges without a NaN."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import signal
@@ -21,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from storyreason.errors import ConfigError
 from storyreason.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -202,3 +205,51 @@ class LastCheckpoint(L.Callback):
         saved = "saved" if isinstance(exception, RunInterrupted) else "the newest checkpoint is"
         print(f"\nInterrupted: {saved} {self.last}\nResume with:\n  {self.resume_command}\n",
               file=sys.stderr, flush=True)
+class DivergenceMonitor(L.Callback):
+    """Flags a run whose validation `monitor` (lower is better, positive: a loss) stays above `factor` x its
+    best for `patience` validations in a row, or turns non-finite: a divergence that is no NaN in the
+    training loss, after which a run would otherwise end as a success.
+
+    The first time, a WARNING names the metric, its best, the current value and the epoch; `summary()`
+    gives metrics.json `diverged` and those figures; with `stop` the fit also ends there (the best
+    checkpoint is kept either way). Only fitting counts, not the final evaluation of the best weights, and
+    the state is in every checkpoint, so a resumed run remembers its best.
+    """
+
+    def __init__(self, monitor: str = "val/loss", factor: float = 1.5, patience: int = 2, stop: bool = False) -> None:
+        if not factor > 1:
+            raise ConfigError(f"callbacks.divergence.factor must be > 1, got {factor}")
+        if patience < 1:
+            raise ConfigError(f"callbacks.divergence.patience must be >= 1, got {patience}")
+        self.monitor, self.factor, self.patience, self.stop = monitor, factor, patience, stop
+        self.best, self.best_epoch, self.above = math.inf, -1, 0
+        self.diverged: dict[str, float] | None = None  # best, current, epoch when it was first flagged
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or value is None:
+            return
+        current, epoch = float(value), trainer.current_epoch
+        if current < self.best:
+            self.best, self.best_epoch, self.above = current, epoch, 0
+            return
+        self.above = self.above + 1 if not math.isfinite(current) or current > self.factor * self.best else 0
+        if self.above >= self.patience and self.diverged is None:
+            self.diverged = {"best": self.best, "current": current, "epoch": epoch}
+            if trainer.is_global_zero:
+                log.warning("%s diverged: %.4g at epoch %d, above %g x its best %.4g (epoch %d) for %d validations",
+                            self.monitor, current, epoch, self.factor, self.best, self.best_epoch, self.above)
+            trainer.should_stop = trainer.should_stop or self.stop
+
+    def summary(self) -> dict[str, float | bool]:
+        """`diverged`, and when it did: the best and current value and the epoch it was flagged at."""
+        if self.diverged is None:
+            return {"diverged": False}
+        return {"diverged": True, **{f"divergence/{k}": float(v) for k, v in self.diverged.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "above": self.above, "diverged": self.diverged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
+        self.above, self.diverged = state_dict["above"], state_dict["diverged"]

@@ -111,6 +111,7 @@ SCHEMA: dict[str, Rule] = {
     "data.source.p_*": number(0, 1),
     # model (both stages)
     "model.lr": number(0, lo_open=True),
+    "model.lr_reference_width": integer(1) | NULL,
     "model.weight_decay": number(0),
     "model.mse_weight": number(0),
     "model.scheduler": choice("cosine", "none"),
@@ -160,6 +161,9 @@ SCHEMA: dict[str, Rule] = {
     "callbacks.samples.num_samples": integer(0),
     "callbacks.samples.num_grids": integer(0),
     "callbacks.progress_bar.refresh_rate": integer(0),
+    "callbacks.divergence.factor": number(1, lo_open=True),
+    "callbacks.divergence.patience": integer(1),
+    "callbacks.divergence.stop": BOOL,
     # stage=evaluate, stage=predict
     "eval.split": choice("val", "test"),
     "eval.beam_size": integer(1),

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from storyreason.callbacks import DivergenceMonitor
 from storyreason.config import check_types, leaves, validate
 from storyreason.checkpoints import autoencoder_state, load_checkpoint, resolve_ae_checkpoint
 from storyreason.data.datamodule import StoryDataModule
@@ -134,7 +135,11 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     if trainer.is_global_zero and datamodule.tokenizer is not None:
         datamodule.tokenizer.save(out.tokenizer)
+    # read before the best checkpoint is evaluated: loading it restores the callbacks' state of that time
+    divergence = [c.summary() for c in trainer.callbacks if isinstance(c, DivergenceMonitor)]
     metrics = final_metrics(trainer, module, datamodule)
+    for summary in divergence:
+        metrics |= summary
     metrics |= {f"data/{k}": float(v) for k, v in datamodule.text_stats.items()}
     if trainer.is_global_zero:
         write_json_atomic(out.metrics, metrics)

@@ -52,13 +52,27 @@ def to_unit(frames: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def width_scaled_lr(lr: float, widths: list[int], reference: int | None) -> float:
+    """`lr` for a model whose widest hidden layer is `max(widths)`, tuned at width `reference`: scaled by
+    reference / width when wider (as muP scales the learning rate of hidden layers by 1 / fan-in, so an
+    update moves each activation by about as much at every width), unchanged when narrower or when
+    `reference` is None. At the reference width the factor is exactly 1, so nothing changes there."""
+    if reference is None or not widths or max(widths) <= reference:
+        return lr
+    return lr * reference / max(widths)
+
+
 class StageModule(L.LightningModule):
     """Adam with optional linear warmup + cosine decay per step; subclasses set `self.hparams`."""
+
+    def learning_rate(self) -> float:
+        """The peak learning rate the optimizer starts from (`model.lr`; a subclass may scale it)."""
+        return self.hparams.lr
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = adam(params, hp.lr, hp.weight_decay)
+        optimizer = adam(params, self.learning_rate(), hp.weight_decay)
         if hp.scheduler == "none":
             return {"optimizer": optimizer}
         if hp.scheduler != "cosine":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ from hydra.utils import instantiate
 
 from storyreason.checkpoints import autoencoder_state
 from storyreason.modules.multimodal import MultimodalStoryModule
-from storyreason.run import build_module
-from tests.conftest import compose_config
+from storyreason.run import build_module, train
+from tests.conftest import compose_config, read_metrics
 
 
 class ModeProbe(L.Callback):
@@ -165,3 +166,34 @@ def test_baselines_of_a_frozen_autoencoder_are_scored_once(ae_run: Path, tmp_pat
     if freeze_ae:
         module.load_autoencoder(module.autoencoder.state_dict())  # a new autoencoder: scored again
         assert module._baselines == {}
+
+
+def story_width(width: int) -> list[str]:
+    """Overrides that make every hidden width of the story model `width` (as the Optuna search varies them)."""
+    return [f"model.story.{k}_dim={width}" for k in ("text", "fusion", "state", "decoder")]
+
+
+@pytest.mark.parametrize(("width", "scale"), [(128, 1.0), (256, 0.5), (64, 1.0)])
+def test_the_learning_rate_scales_down_for_a_wider_story_model_only(ae_run: Path, tmp_path: Path, width: int,
+                                                                    scale: float) -> None:
+    """model.lr is tuned at width 128 (model.lr_reference_width): a wider story model trains at lr x 128 / width;
+    at 128 the optimizer gets model.lr exactly, so the default recipe's numbers do not change."""
+    cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}", "model.scheduler=none",
+                                                  *story_width(width)])
+    module = build_module(cfg, instantiate(cfg.data, _convert_="all"))
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == module.learning_rate() == cfg.model.lr * scale
+
+
+def test_a_wide_story_model_at_default_settings_does_not_diverge(ae_run: Path, tmp_path: Path) -> None:
+    """Width 256 at the default recipe, a short run: the validation loss ends at or below its first value and
+    the divergence watch stays quiet. (At this size and length the old recipe, model.lr_reference_width=null,
+    does not diverge either: the GPU run that did is in docs/oracles-and-divergence.md.)"""
+    cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}", "trainer.max_epochs=4",
+                                                  "logger=csv", "~callbacks.samples", *story_width(256)])
+    train(cfg)
+    metrics = read_metrics(cfg)
+    assert metrics["diverged"] is False
+    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
+    val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val_loss) >= 4 and val_loss[-1] <= val_loss[0], val_loss
