@@ -123,3 +123,20 @@ def test_a_fraction_that_keeps_no_batch_of_a_small_split_keeps_one(caplog: pytes
     keep_one_batch(cfg, small)
     assert cfg.limit_train_batches == 1
     assert "trainer.limit_train_batches=0.8 of 1 train batch(es) keeps none" in caplog.text
+
+
+def test_stage2_trains_on_windows_shuffled_one_by_one(ae_run: Path, tmp_path: Path) -> None:
+    """data.story_batches=false: train batches are windows drawn from any story, and stage 2 trains as usual."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tmp_path, "multimodal", ["data.story_batches=false", f"paths.cache={ae_run / 'cache'}",
+                                                  f"model.ae_ckpt={ae_run / 'pretrain_ae' / 'run'}"])
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup("fit")
+    first = next(iter(data.train_dataloader()))["frame_index"][:, 0]  # each window's first frame
+    stories = torch.unique(torch.bucketize(first, torch.from_numpy(data.splits["train"].offsets), right=True))
+    assert len(stories) > len(first) // 2, "the batch holds whole stories"  # 2 windows a story in TINY
+    train(cfg)
+    metrics = read_metrics(cfg)
+    assert all(math.isfinite(v) for v in metrics.values()) and "test/gen_token_acc" in metrics
+    assert len(scalars(Path(cfg.paths.output_dir), "train/loss_step")) == math.ceil(24 * 2 / 16)
