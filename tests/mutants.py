@@ -129,7 +129,7 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float,
     seconds = time.perf_counter() - started
     if done.returncode == 0:
         return "passed", seconds, ""
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", done.stdout, re.MULTILINE)  # ids may hold spaces
     return "failed", seconds, failed[0] if failed else done.stdout[-2000:] + done.stderr[-2000:]
 
 
