@@ -34,12 +34,8 @@ def assert_one_line_error(result, needle: str) -> None:
     assert needle not in result.stdout, "an error went to stdout"
 
 
-# name: (stage, overrides, what the line must say)
+# name: (stage, overrides, what the line must say); unknown group options: tests/test_config.py
 CONFIG_MISTAKES = {
-    "unknown stage": ("pretrain_ae", ["stage=foo"], "ConfigError: stage=foo: no such option; choose one of "
-                                                    "evaluate, multimodal, predict, pretrain_ae (conf/stage/)"),
-    "unknown data source": ("pretrain_ae", ["data=foo"], "ConfigError: data=foo: no such option; choose one of "
-                                                         "folder, storyreasoning, synthetic (conf/data/)"),
     "context below 1": ("pretrain_ae", ["data.context=0"], "data.context=0"),
     "context longer than every story": ("multimodal", ["data.context=6"], "data.context=6"),
     "image size the strides cannot take": ("pretrain_ae", ["data.image_size=60"], "data.image_size=60"),
@@ -57,8 +53,6 @@ def test_config_mistake_fails_with_one_line(tmp_path: Path, case: str) -> None:
     stage, overrides, needle = CONFIG_MISTAKES[case]
     result = train_py(tmp_path, *overrides, stage=stage, tiny=not any(o.startswith("data=") for o in overrides))
     assert_one_line_error(result, needle)
-    if case.startswith("unknown"):  # refused before Hydra composes: nothing else is printed
-        assert result.stderr.strip() == needle
     assert trusted_files(tmp_path) == []
     assert not list(tmp_path.rglob("train.log")), "a run directory was left behind"
 
