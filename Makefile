@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # pyproject keeps ranges (torch>=2.4,<2.15) for other machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo docs test test-slow bench bench-real clean
+.PHONY: install demo docs test test-slow mutants bench bench-real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+mutants: install  # contributors: each hand-written mutant in tests/mutants.py must fail its tests (docs/testing.md)
+	$(PY) -m tests.mutants
 
 bench: install
 	$(PY) benchmarks/bench.py

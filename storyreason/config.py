@@ -271,7 +271,7 @@ def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
             continue
         if value in ("", "null") or "(" in value:  # a removed group, or a sweep function such as choice(...)
             continue
-        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("_"))  # _common: shared keys
         for option in value.split(","):
             if option not in options:
                 raise ConfigError(f"{group}={option}: no such option; choose one of {', '.join(options)} (conf/{group}/)")

@@ -1,4 +1,4 @@
-"""A test helper callback: a real signal to the training process at a chosen step."""
+"""Test helper callbacks: a real signal to the training process, or a poisoned weight, at a chosen step."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 
 class SignalAtStep(L.Callback):
@@ -22,3 +23,16 @@ class SignalAtStep(L.Callback):
         if trainer.global_step == self.step and not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), getattr(signal, self.signum))
+
+
+class PoisonAtStep(L.Callback):
+    """Fills the module's first parameter with NaN at the start of training step `step`, so that step's
+    loss is non-finite after good steps (and checkpoints) before it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))

@@ -177,10 +177,11 @@ def test_val_metrics_of_a_best_checkpoint_that_is_not_the_last_weights(ae_run: P
 
 def test_evaluate_runs_the_model_once_per_batch(story_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The report's captions and grids come from the predictions the metrics were computed from: one forward
-    and one caption decoding per batch, whatever the decoding (here a beam)."""
+    and one caption decoding per batch, whatever the decoding (here a beam of eval.beam_size)."""
     from storyreason.modules import multimodal
 
     calls = {"forward": 0, "decode": 0}
+    beams: set[int] = set()
     forward, decode = multimodal.MultimodalStoryModule.forward, multimodal.decode_captions
 
     def counted_forward(self, *args, **kwargs):
@@ -189,6 +190,7 @@ def test_evaluate_runs_the_model_once_per_batch(story_run: Path, tmp_path: Path,
 
     def counted_decode(*args, **kwargs):
         calls["decode"] += 1
+        beams.add(kwargs.get("beam_size", 1))
         return decode(*args, **kwargs)
 
     monkeypatch.setattr(multimodal.MultimodalStoryModule, "forward", counted_forward)
@@ -197,6 +199,7 @@ def test_evaluate_runs_the_model_once_per_batch(story_run: Path, tmp_path: Path,
                        [f"ckpt_path={story_run}", "data.eval_batch_size=5", "eval.beam_size=2", "eval.num_stories=6"])
     batches = math.ceil(6 * (6 - 4) / 5)  # 12 test windows in batches of 5
     assert calls == {"forward": batches, "decode": batches}
+    assert beams == {2}, "eval.beam_size did not reach the caption decoding"
     with open(out / "captions.tsv", newline="") as f:
         assert len(list(csv.reader(f, delimiter="\t"))) == 1 + 12
     assert (out / "grids" / "grid_00.png").is_file()

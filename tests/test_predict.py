@@ -35,18 +35,88 @@ def predict(root: Path, ckpt: Path, story: Path, *overrides: str) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def test_predict_writes_the_next_frame_and_caption(
+FRAMES_IN_ORDER = ["frame1.png", "frame2.jpg", "frame3.png", "frame10.webp"]  # natural order, not sorted()
+
+
+def own_prediction(ckpt: Path, story: Path, beam_size: int = 1) -> tuple[np.ndarray, str]:
+    """The checkpoint's model run here on the story's frames in natural order and its captions:
+    the next frame as 8-bit (H, W, 3) and the caption, decoded greedily or with a beam."""
+    import torch
+
+    from storyreason.checkpoints import module_from_checkpoint
+    from storyreason.data.images import decode_frame
+
+    module, checkpoint = module_from_checkpoint(ckpt)
+    module.eval().decoding = {"beam_size": beam_size}
+    frames = torch.from_numpy(np.stack([decode_frame(story / name, 64, "center_crop") for name in FRAMES_IN_ORDER]))
+    tokens, lengths = module.tokenizer.encode_batch(CAPTIONS, checkpoint["hyper_parameters"]["max_caption_len"])
+    with torch.no_grad():
+        prediction = module({"context_frames": frames[None], "context_captions": torch.from_numpy(tokens)[None],
+                             "context_lengths": torch.from_numpy(lengths)[None]})
+    image = (prediction.image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return image, prediction.captions[0]
+
+
+def test_frames_are_read_in_natural_name_order(tmp_path: Path) -> None:
+    from storyreason.data.images import decode_frame
+    from storyreason.predict import read_story
+
+    story = write_story(tmp_path / "story")
+    frames, captions = read_story(story, 4, 64)
+    assert captions == CAPTIONS
+    for k, name in enumerate(FRAMES_IN_ORDER):
+        assert np.array_equal(frames[k].numpy(), decode_frame(story / name, 64, "center_crop")), name
+
+
+def test_predict_writes_the_models_own_next_frame_and_caption(
     story_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    out = predict(tmp_path, story_run, write_story(tmp_path / "story"))
+    story = write_story(tmp_path / "story")
+    out = predict(tmp_path, story_run, story)
+    image, caption = own_prediction(story_run / "checkpoints" / "best.ckpt", story)
     with Image.open(out / "next_frame.png") as frame, Image.open(out / "next_frame_large.png") as large:
         assert (frame.size, frame.mode) == ((64, 64), "RGB")
+        assert np.array_equal(np.asarray(frame), image)
         assert large.size == (256, 256)
-    caption = (out / "caption.txt").read_text().strip()
+        assert np.array_equal(np.asarray(large), image.repeat(4, axis=0).repeat(4, axis=1))
+    assert (out / "caption.txt").read_text() == caption + "\n"
     assert capsys.readouterr().out.strip().splitlines()[-1] == caption
+
+
+def test_predict_with_a_beam_writes_the_beam_decoding(
+    story_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storyreason.modules import multimodal
+
+    asked: list[dict] = []
+    decode = multimodal.decode_captions
+
+    def recorded(*args, **kwargs):
+        asked.append(kwargs)
+        return decode(*args, **kwargs)
+
+    story = write_story(tmp_path / "story")
     best = story_run / "checkpoints" / "best.ckpt"
-    beam = predict(tmp_path / "beam", best, tmp_path / "story", "predict.beam_size=3")
-    assert (beam / "caption.txt").is_file()
+    monkeypatch.setattr(multimodal, "decode_captions", recorded)
+    out = predict(tmp_path / "beam", best, story, "predict.beam_size=3")
+    assert asked[0]["beam_size"] == 3
+    monkeypatch.undo()
+    assert (out / "caption.txt").read_text() == own_prediction(best, story, beam_size=3)[1] + "\n"
+
+
+def test_a_bare_checkpoint_copied_outside_its_run_predicts_what_the_run_does(story_run: Path, tmp_path: Path) -> None:
+    """best.ckpt alone, in another folder, with the autoencoder checkpoint it was trained from gone."""
+    import torch
+
+    story = write_story(tmp_path / "story")
+    ckpt = torch.load(story_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["ae_ckpt"] = str(tmp_path / "gone.ckpt")
+    (tmp_path / "elsewhere").mkdir()
+    torch.save(ckpt, tmp_path / "elsewhere" / "alone.ckpt")
+    alone = predict(tmp_path / "alone", tmp_path / "elsewhere" / "alone.ckpt", story)
+    from_run = predict(tmp_path / "run", story_run, story)
+    for name in ("next_frame.png", "caption.txt"):
+        assert (alone / name).read_bytes() == (from_run / name).read_bytes(), name
 
 
 def break_frame_count(story: Path) -> None:

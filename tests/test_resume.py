@@ -82,9 +82,13 @@ def test_ctrl_c_then_a_kill_mid_epoch_then_resume_ends_like_an_uninterrupted_run
     assert killed.returncode == -signal.SIGKILL, output(killed)[-3000:]
     assert last_step(run) == 12  # the newest periodic save, 3 steps into the second epoch
 
-    # resume=latest finds the run; it ends with the metrics and the TensorBoard curve of one uninterrupted run
-    resumed = train_py(tmp_path, "resume=latest", tiny=False)
+    # resume=latest finds the run; it ends with the metrics and the TensorBoard curve of one uninterrupted run.
+    # A key given again replaces the run's value with a warning, on stderr and in train.log
+    resumed = train_py(tmp_path, "resume=latest", "callbacks.progress_bar.refresh_rate=5", tiny=False)
     assert resumed.returncode == 0, output(resumed)[-3000:]
+    warning = ("resume: callbacks.progress_bar.refresh_rate=5 from the command line replaces the run's 0; "
+               "the result may differ from an uninterrupted run")
+    assert warning in resumed.stderr and warning in (run / "train.log").read_text(), resumed.stderr[-3000:]
     assert the_run(tmp_path) == run
     assert metrics(run) == metrics(uninterrupted)
     assert scalars(run, "train/loss_step") == scalars(uninterrupted, "train/loss_step")

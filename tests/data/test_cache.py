@@ -64,3 +64,32 @@ def test_the_next_build_removes_folders_of_killed_builds_only(tmp_path: Path) ->
     build_cache(SyntheticWorld(num_stories=COUNTS, story_length=5), tmp_path)
     assert not dead.exists() and live.is_dir() and elsewhere.is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p not in (live, elsewhere)]
+
+
+def test_a_build_killed_half_way_leaves_no_entry_a_later_run_trusts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after writing one split: no entry at the key's path; a folder there without meta.json (what a
+    build writing in place would leave) is no entry either; the next build writes a whole one."""
+    world = SyntheticWorld(num_stories=COUNTS, story_length=5)
+    save, written = np.save, []
+
+    def killed_after_one_split(file, array, *args, **kwargs) -> None:
+        if written:
+            raise KeyboardInterrupt
+        written.append(file)
+        save(file, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", killed_after_one_split)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(world, tmp_path)
+    monkeypatch.undo()
+    assert written and not cache_path(world, tmp_path).exists() and not is_cached(world, tmp_path)
+
+    half = cache_path(world, tmp_path)
+    half.mkdir()
+    np.save(half / "train.frames.npy", world.load()["train"].frames[:1])
+    assert not is_cached(world, tmp_path)
+    half.joinpath("train.frames.npy").unlink()
+    half.rmdir()
+    path = build_cache(world, tmp_path)
+    assert is_cached(world, tmp_path)
+    np.testing.assert_array_equal(load_cache(path)["test"].frames, world.load()["test"].frames)

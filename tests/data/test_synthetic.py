@@ -91,26 +91,41 @@ def test_missing_split_or_too_short_story_is_refused() -> None:
 
 
 
-# sha256 of the default world (conf/data/synthetic.yaml): every split's frames, then its captions.
-DEFAULT_WORLD_SHA256 = "97bbdd077f2b9a537040a83dfb8a3f0d88c17a874fff0f47432d69e7e8bd906d"
+# sha256 of the default world (conf/data/synthetic.yaml), every split's frames then its captions, by the
+# version in SyntheticWorld.cache_key(). Caches built by a version hold that version's world, so a line is
+# never edited: a changed world is a new version with its own line.
+WORLD_SHA256 = {  # every byte a version of the default world writes (version 1 had no oracle)
+    1: "97bbdd077f2b9a537040a83dfb8a3f0d88c17a874fff0f47432d69e7e8bd906d",
+    2: "4b57c7aad88a1c2a79b5cd9ba7d9799f95d4e56384d67b27c8314d56b7f52ec3",
+}
 
 
 def test_the_default_world_is_the_one_its_cache_key_names() -> None:
     """Generation changes no frame and no caption of the default world unless the cache key's version
     changes too: a cache built by an earlier version would otherwise be trusted for different data, and
-    the README's results would no longer be reproducible. One pixel of one frame in 48,000 is enough to
-    move a stage-2 run's test gen_token_acc by 0.04 (measured), so the check is on every byte."""
+    the README's results would no longer be reproducible. One pixel of one frame changes the results,
+    so the check is on every byte."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         source = instantiate(compose(config_name="config").data.source)
+    version = source.cache_key()["version"]
+    assert version in WORLD_SHA256, (
+        f"SyntheticWorld.cache_key()['version'] is {version}, which has no digest: add the line "
+        f"{version}: \"<sha256 this test reports>\" to WORLD_SHA256 and re-measure the README's results"
+    )
     splits = source.load()
     digest = hashlib.sha256()
     for split in SPLITS:
         digest.update(np.ascontiguousarray(splits[split].frames).tobytes())
         digest.update("\n".join(splits[split].captions).encode())
-    assert digest.hexdigest() == DEFAULT_WORLD_SHA256, (
-        "the generated world changed: bump SyntheticWorld.cache_key()['version'], update this digest and "
-        "re-measure the README's results"
+        oracle = splits[split].oracle  # from version 2: the frames and captions without random events
+        digest.update(np.ascontiguousarray(oracle.index, np.int64).tobytes())
+        digest.update(np.ascontiguousarray(oracle.frames).tobytes())
+        digest.update("\n".join(oracle.captions).encode())
+    assert digest.hexdigest() == WORLD_SHA256[version], (
+        f"the generated world changed (sha256 {digest.hexdigest()}) but its cache key did not: bump "
+        f"SyntheticWorld.cache_key()['version'] to {max(WORLD_SHA256) + 1}, add that digest to WORLD_SHA256 "
+        "(never edit an existing line) and re-measure the README's results"
     )
 
 
@@ -155,3 +170,4 @@ def test_a_recoloured_object_keeps_its_old_colour_in_the_oracle(tmp_path: Path) 
         one_recoloured = {objects[: m.start()] + f"{old} {shape}" + objects[m.end() :]
                           for m in re.finditer(f"{new} {shape}", objects)}  # any one of the same name
         assert oracle_captions[target] in one_recoloured
+    assert len(set(WORLD_SHA256.values())) == len(WORLD_SHA256), "two versions pinned to one world"

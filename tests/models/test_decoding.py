@@ -67,12 +67,33 @@ def _one(enc: StoryEncoding, i: int, n: int) -> StoryEncoding:
     return StoryEncoding(*(t[i : i + 1].expand(n, *t.shape[1:]) for t in vars(enc).values()))
 
 
-def test_length_penalty_only_changes_the_final_pick() -> None:
-    model, enc = encoding(vocab=20, max_len=10)
+def caption_length(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens up to and including the first <eos> (B,), at least 1: the length the penalty divides by."""
+    return (mask_after_eos(tokens) != PAD_ID).sum(dim=1).clamp(min=1)
+
+
+def test_length_penalty_picks_the_final_hypothesis_with_the_best_score_per_length() -> None:
+    """Without a penalty the pick is the most likely caption of the final beam; with length_penalty a it is
+    the one with the best log-prob / length ** a, so a changed pick is strictly longer and less likely."""
+    model, enc = encoding(vocab=20, max_len=10, batch=32)
+    with torch.no_grad():  # <eos> about as likely as a word, so captions of every length compete
+        model.caption.head[-1].bias[EOS_ID] += 2.0
     plain = beam_search(model, enc, beam_size=4)
     favoured = beam_search(model, enc, beam_size=4, length_penalty=2.0)
-    longer_or_same = (favoured != PAD_ID).sum(dim=1) >= (plain != PAD_ID).sum(dim=1)
-    assert bool(longer_or_same.all())
+    changed = (plain != favoured).any(dim=1)
+    assert changed.any(), "length_penalty=2 changed no pick of 32 stories"
+    plain_lp, favoured_lp = log_prob(model, enc, plain), log_prob(model, enc, favoured)
+    plain_len, favoured_len = caption_length(plain), caption_length(favoured)
+    assert bool((favoured_len[changed] > plain_len[changed]).all())
+    assert bool((favoured_lp[changed] < plain_lp[changed]).all())
+    assert bool((favoured_lp / favoured_len.double() ** 2 >= plain_lp / plain_len.double() ** 2 - 1e-12).all())
+
+
+def test_decode_captions_decodes_with_the_beam_it_is_given() -> None:
+    model, enc = encoding(vocab=20, max_len=10, batch=16)
+    beam = decode_captions(model, enc, beam_size=4)
+    assert torch.equal(beam, beam_search(model, enc, beam_size=4))
+    assert not torch.equal(beam, model.generate(enc)), "a beam of 4 decoded 16 stories exactly as greedy does"
 
 
 def test_max_len_beyond_the_decoder_positions_is_refused() -> None:

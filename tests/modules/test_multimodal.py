@@ -197,3 +197,80 @@ def test_a_wide_story_model_at_default_settings_does_not_diverge(ae_run: Path, t
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
     val_loss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(val_loss) >= 4 and val_loss[-1] <= val_loss[0], val_loss
+
+
+def checkpoint_and_test_batches(story_run: Path, root: Path) -> tuple[MultimodalStoryModule, list[dict]]:
+    """The story run's best checkpoint (eval mode) and every batch of its test split, read as evaluate reads them."""
+    from storyreason.checkpoints import module_from_checkpoint
+    from storyreason.evaluate import checkpoint_datamodule
+
+    module, checkpoint = module_from_checkpoint(story_run / "checkpoints" / "best.ckpt")
+    cfg = compose_config(root, "evaluate", [f"paths.cache={story_run.parents[1] / 'cache'}"])
+    datamodule = checkpoint_datamodule(cfg, checkpoint["hyper_parameters"])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return module.eval(), list(datamodule.test_dataloader())
+
+
+def test_baselines_are_their_hand_computations_on_the_test_split(story_run: Path, tmp_path: Path) -> None:
+    """copy_last_frame is the last context frame, mean_context the mean of the context frames, ae_ceiling
+    the autoencoder's reconstruction of the target, copy_last_caption the last context caption's ids
+    (accuracy over the reference's non-padding tokens): each computed here over the whole test split."""
+    import json
+
+    from storyreason.data.tokenizer import PAD_ID
+
+    module, batches = checkpoint_and_test_batches(story_run, tmp_path)
+    sums = {"copy_last_frame": [0.0, 0.0], "mean_context": [0.0, 0.0], "ae_ceiling": [0.0, 0.0]}  # L1, MSE sums
+    pixels = right = tokens = 0
+    with torch.no_grad():
+        for batch in batches:
+            context = batch["context_frames"].double() / 255  # (B, K, 3, H, W)
+            target = batch["target_frame"].double() / 255  # (B, 3, H, W)
+            reconstruction = module.autoencoder(target.float()).double().clamp(0, 1)
+            for name, image in (("copy_last_frame", context[:, -1]), ("mean_context", context.mean(dim=1)),
+                                ("ae_ceiling", reconstruction)):
+                sums[name][0] += (image - target).abs().sum().item()
+                sums[name][1] += ((image - target) ** 2).sum().item()
+            pixels += target.numel()
+            reference, last = batch["target_caption"], batch["context_captions"][:, -1]  # (B, L) each
+            counted = reference != PAD_ID
+            right += ((last == reference) & counted).sum().item()
+            tokens += counted.sum().item()
+    assert 0 < right < tokens  # neither perfect nor useless: a wrong count shows
+    metrics = json.loads((story_run / "metrics.json").read_text())
+    for name, (l1, mse) in sums.items():
+        prefix = "test/ae_ceiling" if name == "ae_ceiling" else f"test/baseline/{name}"
+        assert metrics[f"{prefix}/image_l1"] == pytest.approx(l1 / pixels, rel=1e-5), name
+        assert metrics[f"{prefix}/image_mse"] == pytest.approx(mse / pixels, rel=1e-5), name
+    assert metrics["test/baseline/copy_last_caption/gen_token_acc"] == pytest.approx(right / tokens, rel=1e-6)
+
+
+def test_loss_is_the_weighted_sum_of_caption_ce_image_l1_and_latent_mse(story_run: Path, tmp_path: Path) -> None:
+    """On one batch: w_ce * CE of the next caption under teacher forcing (inputs `<bos> w1 .. w(n-1)`,
+    padding ignored) + w_img * L1 of the decoded frame + w_lat * MSE of the predicted latent, by hand."""
+    from storyreason.data.tokenizer import BOS_ID, PAD_ID
+
+    module, batches = checkpoint_and_test_batches(story_run, tmp_path)
+    batch = batches[0]
+    weights = {"ce": 0.5, "img": 2.0, "lat": 3.0}
+    module.hparams.loss_weights = weights
+    with torch.no_grad():
+        loss, _ = module._step(batch, "train")
+        ae = module.autoencoder
+        context = batch["context_frames"].float() / 255  # (B, K, 3, H, W)
+        target = batch["target_frame"].float() / 255
+        b, k = context.shape[:2]
+        z_context = ae.encode(context.flatten(0, 1)).view(b, k, -1)  # (B, K, Z)
+        enc = module.story.encode(z_context, batch["context_captions"], batch["context_lengths"])
+        caption = batch["target_caption"]  # (B, L)
+        inputs = torch.cat([torch.full_like(caption[:, :1], BOS_ID), caption[:, :-1]], dim=1)
+        logits, _ = module.story.caption(inputs, enc.state, enc.memory, enc.memory_pad)  # (B, L, V)
+        token_lp = logits.double().log_softmax(-1).gather(-1, caption[..., None])[..., 0]
+        counted = caption != PAD_ID
+        assert not counted.all(), "no padding in the batch: the test cannot see it counted"
+        ce = -(token_lp * counted).sum() / counted.sum()
+        img = (ae.decode(enc.latent).double() - target.double()).abs().mean()
+        lat = ((enc.latent.double() - ae.encode(target).double()) ** 2).mean()
+    expected = weights["ce"] * ce + weights["img"] * img + weights["lat"] * lat
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -1,0 +1,199 @@
+"""`make mutants` (`python -m tests.mutants`): hand-written mutants of behaviour users rely on; each one must
+make the tests named for it fail.
+
+Each mutant replaces one exact snippet of one source file with a broken version, in a temporary copy of
+the repository's tracked files, and runs only its tests there (`pytest -x -q`, with a time limit). A
+mutant is killed when a test fails, survives when they all pass, times out when they run past the
+limit, and is an error when its snippet is not found exactly once (the source moved: re-anchor it). The selected tests first run once unmutated
+and must pass, so a broken checkout is not counted as kills. Prints one line per mutant and
+`mutants: K killed of N` last; exits 1 unless every mutant is killed. How to add one: docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """`original` (found exactly once in `file`) becomes `replacement`; `tests` (pytest node ids) must fail."""
+
+    name: str
+    file: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+
+
+MODULE = "tests/modules/test_multimodal.py::"
+DECODING = "tests/models/test_decoding.py::"
+ERRORS = "tests/test_errors.py::"
+
+MUTANTS = [
+    Mutant("copy_last_frame scores the first context frame", "storyreason/modules/multimodal.py",
+           'update_images(m["copy_last_frame"], context[:, -1], target)',
+           'update_images(m["copy_last_frame"], context[:, 0], target)',
+           (MODULE + "test_baselines_are_their_hand_computations_on_the_test_split",)),
+    Mutant("mean_context leaves out the last frame", "storyreason/modules/multimodal.py",
+           'update_images(m["mean_context"], context.mean(dim=1), target)',
+           'update_images(m["mean_context"], context[:, :-1].mean(dim=1), target)',
+           (MODULE + "test_baselines_are_their_hand_computations_on_the_test_split",)),
+    Mutant("copy_last_caption repeats the first context caption", "storyreason/modules/multimodal.py",
+           'last = batch["context_captions"][:, -1]',
+           'last = batch["context_captions"][:, 0]',
+           (MODULE + "test_baselines_are_their_hand_computations_on_the_test_split",)),
+    Mutant("the latent MSE term is dropped from the loss", "storyreason/modules/multimodal.py",
+           '"lat": F.mse_loss(prediction.encoding.latent.float(), prediction.target_latent),',
+           '"lat": 0 * F.mse_loss(prediction.encoding.latent.float(), prediction.target_latent),',
+           (MODULE + "test_loss_is_the_weighted_sum_of_caption_ce_image_l1_and_latent_mse",)),
+    Mutant("teacher forcing feeds the target unshifted (the seed's leak)", "storyreason/models/story.py",
+           "inputs = torch.cat([torch.full_like(target[:, :1], BOS_ID), target[:, :-1]], dim=1)",
+           "inputs = target",
+           (MODULE + "test_loss_is_the_weighted_sum_of_caption_ce_image_l1_and_latent_mse",)),
+    Mutant("padding counted in token accuracy", "storyreason/metrics.py",
+           'MulticlassAccuracy(num_classes=vocab_size, average="micro", ignore_index=PAD_ID, validate_args=False)',
+           'MulticlassAccuracy(num_classes=vocab_size, average="micro", validate_args=False)',
+           (MODULE + "test_baselines_are_their_hand_computations_on_the_test_split",)),
+    Mutant("the latent cache looks up the frame before each one", "storyreason/modules/multimodal.py",
+           'z = table[batch["frame_index"].to(table.device)]',
+           'z = table[batch["frame_index"].to(table.device) - 1]',
+           (MODULE + "test_cached_latents_give_the_same_first_loss",)),
+    Mutant("predict reads frames in plain sort order", "storyreason/predict.py",
+           "        key=natural_key,\n", "",
+           ("tests/test_predict.py::test_frames_are_read_in_natural_name_order",)),
+    Mutant("beam size ignored by the caption decoding", "storyreason/models/decoding.py",
+           "    if beam_size == 1:\n        return model.generate(",
+           "    if True:\n        return model.generate(",
+           (DECODING + "test_decode_captions_decodes_with_the_beam_it_is_given",)),
+    Mutant("eval.beam_size never reaches the model", "storyreason/evaluate.py",
+           'module.decoding = {k: cfg.eval[k] for k in ("beam_size", "max_len", "length_penalty")}',
+           'module.decoding = {k: cfg.eval[k] for k in ("max_len", "length_penalty")}',
+           ("tests/test_evaluate.py::test_evaluate_runs_the_model_once_per_batch",)),
+    Mutant("length penalty ignored", "storyreason/models/decoding.py",
+           "    if length_penalty > 0:\n", "    if False:\n",
+           (DECODING + "test_length_penalty_picks_the_final_hypothesis_with_the_best_score_per_length",)),
+    Mutant("no warmup", "storyreason/modules/base.py",
+           "return (step + 1) / warmup", "return 1.0",
+           ("tests/modules/test_schedule.py::test_warmup_then_cosine_to_the_floor",)),
+    Mutant("a non-finite loss trains on", "storyreason/modules/base.py",
+           "    if not torch.isfinite(loss):\n", "    if False:\n",
+           (ERRORS + "test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint",)),
+    Mutant("a config error exits 1", "train.py",
+           '        print(f"ConfigError: {err}", file=sys.stderr)\n        sys.exit(2)',
+           '        print(f"ConfigError: {err}", file=sys.stderr)\n        sys.exit(1)',
+           ("tests/test_config.py::test_train_py_refuses_in_one_line_with_exit_2_andleaves_nothing[overrides3-stage=foo: "
+            "no such option; choose one of evaluate, multimodal, predict, pretrain_ae]",)),
+    Mutant("a cache entry trusted when half-written", "storyreason/data/cache.py",
+           "return (cache_path(source, cache_dir) / _META).is_file()",
+           "return cache_path(source, cache_dir).is_dir()",
+           ("tests/data/test_cache.py::test_a_build_killed_half_way_leaves_no_entry_a_later_run_trusts",)),
+    Mutant("resume skips the sampler's place in the epoch", "storyreason/data/datamodule.py",
+           'sampler.skip = self._train_position["batches"] * self.batch_size',
+           "sampler.skip = 0",
+           ("tests/test_resume.py::test_ctrl_c_then_a_kill_mid_epoch_then_resume_ends_like_an_uninterrupted_run",)),
+]
+
+
+def copy_repository(dest: Path) -> None:
+    """The working tree's tracked files (uncommitted edits included) copied under `dest`."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
+    """pytest `tests` in `copy`: ("passed" | "failed" | "timeout", seconds, the first failing test or the tail)."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               f"--basetemp={copy.parent / (copy.name + '.pytest')}", *tests],  # one per copy
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - started, f"no result within {timeout:.0f} s"
+    seconds = time.perf_counter() - started
+    if done.returncode == 0:
+        return "passed", seconds, ""
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", done.stdout, re.MULTILINE)  # ids may hold spaces
+    return "failed", seconds, failed[0] if failed else done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def try_mutant(m: Mutant, copy: Path, timeout: float) -> tuple[bool, str]:
+    """Apply `m` in `copy`, run its tests, put the file back: (killed, the line to print)."""
+    path = copy / m.file
+    text = path.read_text() if path.is_file() else ""
+    found = text.count(m.original)
+    if found != 1:
+        return False, f"ERROR     {m.name}: its snippet is found {found} times in {m.file}; re-anchor it"
+    path.write_text(text.replace(m.original, m.replacement))
+    try:
+        outcome, seconds, detail = run_tests(copy, list(m.tests), timeout)
+    finally:
+        path.write_text(text)
+    if outcome == "passed":
+        return False, f"SURVIVED  {m.name} ({m.file}, {seconds:.0f} s): {', '.join(m.tests)} still pass"
+    if outcome == "timeout":  # slow, not caught: raise --timeout on a busy machine
+        return False, f"TIMEOUT   {m.name} ({m.file}): {detail}"
+    return True, f"killed    {m.name} ({seconds:.0f} s, by {detail.strip().splitlines()[-1]})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="run only the mutants whose name contains one of these")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds for one mutant's tests (default 600)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="mutants tried at once, each in its own copy (default: 2, or 1 on one core)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.names or any(n in m.name for n in args.names)]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}  ({m.file})\n    " + "\n    ".join(m.tests))
+        return 0
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="storyreason-mutants-") as tmp:
+        copies: queue.Queue[Path] = queue.Queue()
+        for i in range(max(1, args.jobs)):
+            copy_repository(Path(tmp) / str(i))
+            copies.put(Path(tmp) / str(i))
+        tests = sorted({t for m in mutants for t in m.tests})
+        outcome, seconds, detail = run_tests(Path(tmp) / "0", tests, args.timeout * 2)
+        if outcome != "passed":
+            print(f"the selected tests do not pass unmutated ({outcome}, {seconds:.0f} s): {detail}")
+            return 1
+        print(f"unmutated: {len(tests)} tests pass ({seconds:.0f} s)", flush=True)
+
+        def in_a_free_copy(m: Mutant) -> bool:
+            copy = copies.get()
+            try:
+                killed, line = try_mutant(m, copy, args.timeout)
+            finally:
+                copies.put(copy)
+            print(line, flush=True)
+            return killed
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            killed = sum(pool.map(in_a_free_copy, mutants))
+    print(f"({time.perf_counter() - started:.0f} s in all, {max(1, args.jobs)} at a time)")
+    print(f"mutants: {killed} killed of {len(mutants)}")
+    return 0 if killed == len(mutants) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
