@@ -157,6 +157,12 @@ class MultimodalStoryModule(StageModule):
             self._latent_tables[split] = self.encode_frames(frames, desc=f"encoding {split} frames")
         return self._latent_tables[split]
 
+    def precompute_latents(self, split: str, frames: torch.Tensor) -> None:
+        """Encode `split`'s (N, 3, H, W) uint8 frames once for its batches' `frame_index`, as a Trainer's
+        datamodule has it done at the split's first batch: for loops without a Trainer. Used with
+        `freeze_ae` and `cache_latents`; `load_autoencoder` forgets it."""
+        self._latent_tables[split] = self.encode_frames(frames)
+
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, chunk: int | None = None, desc: str | None = None) -> torch.Tensor:
         """(N, 3, H, W) uint8 frames -> (N, Z) latents of the autoencoder, `chunk` frames at a time
