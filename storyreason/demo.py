@@ -53,7 +53,7 @@ def _show(path: Path) -> str:
 def quality_checks(ae: dict[str, float], story: dict[str, float]) -> dict[str, bool]:
     """The bars the default world and recipe are built to meet (test split)."""
     baseline = "test/baseline/"
-    return {
+    checks = {
         "stage-1 test/l1 <= 0.03": ae["test/l1"] <= 0.03,
         "model image L1 < copy_last_frame and mean_context": story["test/image_l1"]
         < min(story[f"{baseline}copy_last_frame/image_l1"], story[f"{baseline}mean_context/image_l1"]),
@@ -62,6 +62,11 @@ def quality_checks(ae: dict[str, float], story: dict[str, float]) -> dict[str, b
         "model gen_token_acc >= 0.9": story["test/gen_token_acc"] >= 0.9,
         "copy_last_caption gen_token_acc <= 0.85": story[f"{baseline}copy_last_caption/gen_token_acc"] <= 0.85,
     }
+    if f"{baseline}oracle_frame/image_l1" in story:  # the built-in world's (other sources have no oracle)
+        checks["oracles bound the model (image L1, gen_token_acc)"] = (
+            story[f"{baseline}oracle_frame/image_l1"] <= story["test/image_l1"]
+            and story[f"{baseline}oracle_caption/gen_token_acc"] >= story["test/gen_token_acc"])
+    return checks
 
 
 def cpu_name() -> str:

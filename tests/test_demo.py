@@ -63,3 +63,19 @@ def test_the_demo_report_leaves_the_checkout_clean_and_make_docs_publishes_it(tm
     assert publish(out, tmp_path / "docs", readme)
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["grid.png", "report.md", "timing.json"]
     assert "0.0400" in readme.read_text() and "old" not in readme.read_text()
+
+
+def test_the_oracle_bar_fails_when_the_model_beats_the_worlds_oracle() -> None:
+    """The demo's oracle bar holds only while the oracle frame is no further from the target than the model's
+    and the oracle caption no less accurate; a source without oracles gets no such bar."""
+    from storyreason.demo import quality_checks
+
+    bar = "oracles bound the model (image L1, gen_token_acc)"
+    story = {"test/image_l1": 0.05, "test/gen_token_acc": 0.91, "test/ae_ceiling/image_l1": 0.02,
+             **{f"test/baseline/{k}/image_l1": 0.08 for k in ("copy_last_frame", "mean_context")},
+             "test/baseline/copy_last_caption/gen_token_acc": 0.82}
+    assert bar not in quality_checks({"test/l1": 0.02}, story)
+    oracle = {"test/baseline/oracle_frame/image_l1": 0.02, "test/baseline/oracle_caption/gen_token_acc": 0.97}
+    assert quality_checks({"test/l1": 0.02}, story | oracle)[bar]
+    for key, beaten in (("test/baseline/oracle_frame/image_l1", 0.06), ("test/baseline/oracle_caption/gen_token_acc", 0.9)):
+        assert not quality_checks({"test/l1": 0.02}, story | oracle | {key: beaten})[bar], key
