@@ -59,7 +59,10 @@ def build_components(config: dict, key: str) -> dict:
         if not (isinstance(value, dict) and "_target_" in value):
             continue
         target = value["_target_"]
-        cls = get_class(target) if isinstance(target, str) and target.startswith(COMPONENTS) else None
+        try:
+            cls = get_class(target) if isinstance(target, str) and target.startswith(COMPONENTS) else None
+        except (ImportError, ValueError):  # no such name, or not a class
+            cls = None
         if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(COMPONENTS)):
             raise ConfigError(f"{key}.{name}._target_={target}: not a model class of {COMPONENTS.rstrip('.')}")
         built[name] = instantiate(value, _partial_=True, _recursive_=False)
