@@ -271,8 +271,11 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
             "↑ higher is better, ↓ lower is better. copy_last_frame and mean_context predict the last context",
             "frame and the mean of the context frames; copy_last_caption repeats the last context caption;",
             "ae_ceiling is the autoencoder's reconstruction of the true next frame, the best image a model that",
-            "decodes through this autoencoder can reach. Teacher-forced metrics need token probabilities,",
-            "which only the model has.",
+            "decodes through this autoencoder can reach. oracle_frame and oracle_caption (the built-in world",
+            "only) are the next frame (through the autoencoder) and caption of the world's deterministic",
+            "dynamics without its random events (appear, leave, recolour): what is achievable from the context.",
+            "A skill is (copy - model) / (copy - ceiling): 0 is copying the last context frame or caption, 1 the",
+            "ceiling. Teacher-forced metrics need token probabilities, which only the model has.",
             "",
         ]
     if grids:

@@ -12,6 +12,8 @@ PREDICTORS = {
     "mean_context": "baseline/mean_context/",
     "copy_last_caption": "baseline/copy_last_caption/",
     "ae_ceiling": "ae_ceiling/",
+    "oracle_frame": "baseline/oracle_frame/",
+    "oracle_caption": "baseline/oracle_caption/",
 }
 # metric key (after `split/` and the predictor's infix) -> (label, whether higher is better)
 STORY_METRICS = {
@@ -29,11 +31,30 @@ STORY_METRICS = {
     "chrf": ("chrF", True),
     "rougeL": ("ROUGE-L", True),
 }
+# skill label -> (metric key, the predictor that scores 0, the ceiling that scores 1): the share of the gap
+# between a copy of the last context item and the best achievable that the model closes
+SKILLS = {
+    "image skill vs ae_ceiling": ("image_l1", "copy_last_frame", "ae_ceiling"),
+    "image skill vs oracle_frame": ("image_l1", "copy_last_frame", "oracle_frame"),
+    "caption skill vs oracle_caption": ("gen_token_acc", "copy_last_caption", "oracle_caption"),
+}
 AE_METRICS = {"l1": ("L1", False), "mse": ("MSE", False), "psnr": ("PSNR", True), "ssim": ("SSIM", True)}
 
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def skills(metrics: dict[str, float], split: str = "test") -> dict[str, float]:
+    """Each skill of `SKILLS` whose figures `metrics` holds: (copy - model) / (copy - ceiling); 1 is the
+    ceiling, 0 no better than copying the last context frame or caption."""
+    found = {}
+    for label, (key, floor, ceiling) in SKILLS.items():
+        names = [f"{split}/{key}", f"{split}/{PREDICTORS[floor]}{key}", f"{split}/{PREDICTORS[ceiling]}{key}"]
+        if all(name in metrics for name in names):
+            model, low, high = (metrics[name] for name in names)
+            found[label] = (low - model) / (low - high) if low != high else float("nan")
+    return found
 
 
 def results_table(metrics: dict[str, float], split: str = "test") -> tuple[list[str], list[list[str]]]:
@@ -50,6 +71,8 @@ def results_table(metrics: dict[str, float], split: str = "test") -> tuple[list[
         cells = [metrics.get(f"{split}/{infix}{key}") for infix in columns.values()]
         if any(v is not None for v in cells):
             rows.append([f"{label} {'↑' if up else '↓'}", *map(_cell, cells)])
+    for label, value in skills(metrics, split).items():  # the model's alone
+        rows.append([f"{label} ↑", _cell(value), *("-" for _ in list(columns)[1:])])
     return ["metric", *columns], rows
 
 

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from storyreason.data.errors import DataError
-from storyreason.data.stories import SPLITS, StorySplit
+from storyreason.data.stories import SPLITS, Oracle, StorySplit
 
 log = logging.getLogger(__name__)
 _META = "meta.json"
@@ -86,6 +86,10 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
                 "story_ids": data.story_ids,
                 "skipped": data.skipped,
             }
+            if data.oracle is not None:
+                np.save(tmp / f"{split}.oracle_frames.npy", data.oracle.frames)
+                oracle = {"index": data.oracle.index.tolist(), "captions": data.oracle.captions}
+                meta["splits"][split]["oracle"] = oracle
         with open(tmp / _META, "w") as f:
             json.dump(meta, f)
         try:
@@ -143,11 +147,14 @@ def load_cache(path: str | Path) -> dict[str, StorySplit]:
     splits = {}
     for split in SPLITS:
         info = meta["splits"][split]
+        oracle = info.get("oracle")
         splits[split] = StorySplit(
             frames=np.load(path / f"{split}.frames.npy"),
             offsets=np.asarray(info["offsets"], np.int64),
             captions=info["captions"],
             story_ids=info["story_ids"],
             skipped=info.get("skipped", []),
+            oracle=None if oracle is None else Oracle(np.asarray(oracle["index"], np.int64),
+                                                      np.load(path / f"{split}.oracle_frames.npy"), oracle["captions"]),
         )
     return splits

@@ -111,6 +111,7 @@ class StoryDataModule(L.LightningDataModule):
         self.story_batches = story_batches
         self.tokenizer = CaptionTokenizer.from_json(tokenizer_state) if tokenizer_state else None
         self.references: dict[str, list[str]] = {}  # each frame's caption as generated text is scored against
+        self.oracle_references: dict[str, list[str]] = {}  # each frame's oracle caption, where the source has one
         self.text_stats: dict[str, float] = {}
         self.path, self.skip_bad = path, skip_bad
         self.report_dir = report_dir
@@ -170,7 +171,8 @@ class StoryDataModule(L.LightningDataModule):
             if short:
                 log.warning("%s: skipped %d of %d stories shorter than data.context + 1 = %d frames",
                             split, short, data.num_stories, self.context + 1)
-            self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(windows))
+            self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths),
+                                                 torch.from_numpy(windows), self._oracle(split))
         self._require_items("train")
 
     def _tokenize(self, split: str, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +193,18 @@ class StoryDataModule(L.LightningDataModule):
             log.info("caption tokenizer: %s, %d entries", self.tokenizer.kind, len(self.tokenizer))
         self.references[split] = [self.tokenizer.normalize(c) for c in captions]
         return pad_captions(token_ids, self.max_caption_len)
+
+    def _oracle(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Oracle frames, caption ids and lengths of every frame of an evaluated split, where the source has
+        them (the train split is never scored, so it gets none)."""
+        data = self.splits[split]
+        if data.oracle is None or split == "train":
+            return None
+        captions = data.oracle.all_captions(data.captions)
+        tokens, lengths = pad_captions(self.tokenizer.token_ids(captions), self.max_caption_len)
+        self.oracle_references[split] = [self.tokenizer.normalize(c) for c in captions]
+        frames = data.oracle.all_frames(data.frames)
+        return torch.from_numpy(frames), torch.from_numpy(tokens), torch.from_numpy(lengths)
 
     def _require_items(self, split: str) -> None:
         """An error when short stories left `split` without a single window."""

@@ -17,6 +17,42 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass
+class Oracle:
+    """The best prediction of each frame from the true state of the previous one, for a source that knows
+    its world's state (the built-in world): the deterministic dynamics without the random events.
+
+    Most frames follow deterministically, so only the others are stored: the oracle of frame i is
+    `frames[j]` and `captions[j]` where `index[j] == i`, and frame i itself everywhere else.
+
+    index:    (M,) int64, frames of the split (global numbers) that a random event changed
+    frames:   (M, 3, H, W) uint8, what those frames would have been without their events
+    captions: M strings, their captions without the events
+    """
+
+    index: np.ndarray
+    frames: np.ndarray
+    captions: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.index) == len(self.frames) == len(self.captions):
+            raise ValueError(f"oracle of {len(self.index)} frames has {len(self.frames)} frames and "
+                             f"{len(self.captions)} captions")
+
+    def all_frames(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) the oracle of every frame of the split whose frames are `frames`."""
+        full = frames.copy()
+        full[self.index] = self.frames
+        return full
+
+    def all_captions(self, captions: list[str]) -> list[str]:
+        """N strings, the oracle caption of every frame of the split whose captions are `captions`."""
+        full = list(captions)
+        for i, caption in zip(self.index.tolist(), self.captions):
+            full[i] = caption
+        return full
+
+
+@dataclass
 class StorySplit:
     """Stories of one split, frames concatenated in story order.
 
@@ -25,6 +61,7 @@ class StorySplit:
     captions:  N strings, one per frame
     story_ids: S strings
     skipped:   stories of this split the source left out, each {"story_id", "reason"}
+    oracle:    the predictable part of each frame, from sources that know their world's state; else None
     """
 
     frames: np.ndarray
@@ -32,6 +69,7 @@ class StorySplit:
     captions: list[str]
     story_ids: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    oracle: Oracle | None = None
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[1] != 3:

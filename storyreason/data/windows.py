@@ -49,13 +49,17 @@ class WindowDataset(Dataset):
 
     Caption tensors are cut to the batch's longest caption (L <= data.max_caption_len): padding is
     masked everywhere it is read, so the cut changes no result and saves the recurrent steps.
+    With `oracle` (frames, tokens, lengths of every frame's oracle, as `frames`, `tokens`, `lengths`;
+    a source that knows its world's state gives them) batches also carry the target's oracle.
     """
 
-    def __init__(self, frames: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor) -> None:
+    def __init__(self, frames: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor,
+                 oracle: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         self.frames = frames  # (N, 3, H, W) uint8
         self.tokens = tokens  # (N, L) int64, `w1 .. wn <eos>` padded
         self.lengths = lengths  # (N,) int64
         self.windows = windows  # (W, K + 1) int64 frame indices
+        self.oracle = oracle
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -64,14 +68,19 @@ class WindowDataset(Dataset):
         """Keep every tensor on `device`: batches are then gathered there."""
         self.frames, self.tokens = self.frames.to(device), self.tokens.to(device)
         self.lengths, self.windows = self.lengths.to(device), self.windows.to(device)
+        if self.oracle is not None:
+            self.oracle = tuple(t.to(device) for t in self.oracle)
         return self
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = self.windows[_as_index(indices)]  # (B, K + 1)
         context, target = index[:, :-1], index[:, -1]
         lengths = self.lengths[index]  # (B, K + 1)
-        width = max(int(lengths.max()), 1)  # the batch's longest caption: what lies beyond is padding only
-        return {
+        longest = int(lengths.max())
+        if self.oracle is not None:  # an oracle caption may be longer than the target's
+            longest = max(longest, int(self.oracle[2][target].max()))
+        width = max(longest, 1)  # the batch's longest caption: what lies beyond is padding only
+        batch = {
             "frame_index": index,  # (B, K + 1)
             "context_frames": self.frames[context],  # (B, K, 3, H, W) uint8
             "context_captions": self.tokens[context, :width],  # (B, K, L)
@@ -80,6 +89,12 @@ class WindowDataset(Dataset):
             "target_caption": self.tokens[target, :width],  # (B, L)
             "target_length": lengths[:, -1],  # (B,)
         }
+        if self.oracle is not None:
+            batch |= {
+                "oracle_frame": self.oracle[0][target],  # (B, 3, H, W) uint8
+                "oracle_caption": self.oracle[1][target, :width],  # (B, L)
+            }
+        return batch
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}

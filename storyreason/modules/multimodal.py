@@ -49,6 +49,7 @@ class Prediction:
 
 
 BASELINES = ("copy_last_frame", "mean_context", "copy_last_caption", "ae_ceiling")  # scored beside the model
+ORACLES = ("oracle_frame", "oracle_caption")  # scored too where the batches carry them (the built-in world)
 
 
 class MultimodalStoryModule(StageModule):
@@ -116,6 +117,8 @@ class MultimodalStoryModule(StageModule):
                 "mean_context": image_metrics(f"{prefix}baseline/mean_context/"),
                 "copy_last_caption": caption_metrics(f"{prefix}baseline/copy_last_caption/", vocab_size),
                 "ae_ceiling": image_metrics(f"{prefix}ae_ceiling/"),
+                "oracle_frame": image_metrics(f"{prefix}baseline/oracle_frame/"),
+                "oracle_caption": caption_metrics(f"{prefix}baseline/oracle_caption/", vocab_size),
             }
         )
 
@@ -241,6 +244,12 @@ class MultimodalStoryModule(StageModule):
             last_text = self.reference_text(batch, split, position=-2)
             update_captions(m["copy_last_caption"], last, reference, last_text, reference_text)
             scored += BASELINES
+            if "oracle_frame" in batch:  # decoded through the autoencoder, as the model's frame is
+                oracle = self.autoencoder.decode(self.autoencoder.encode(self.unit_frames(batch["oracle_frame"])))
+                update_images(m["oracle_frame"], oracle, target)
+                oracle_text = self.reference_text(batch, split, oracle=True)
+                update_captions(m["oracle_caption"], batch["oracle_caption"], reference, oracle_text, reference_text)
+                scored += ORACLES
         self._caption_seconds += time.perf_counter() - started
         self.log(f"{split}/token_acc", m["token_acc"], on_epoch=True, batch_size=bs)
         self.log(f"{split}/perplexity", m["perplexity"], on_epoch=True, batch_size=bs)
@@ -265,19 +274,23 @@ class MultimodalStoryModule(StageModule):
             self.log_dict(self._baselines["val"], on_epoch=True)
         else:
             m = self.metrics["val"]
-            self._baselines["val"] = {k: v for key in BASELINES for k, v in m[key].compute().items()}
+            scored = [key for key in BASELINES + ORACLES if any(metric.update_called for metric in m[key].values())]
+            self._baselines["val"] = {k: v for key in scored for k, v in m[key].compute().items()}
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """(B, L) ids -> B caption strings."""
         return [self.tokenizer.decode(row) for row in tokens.tolist()]
 
-    def reference_text(self, batch: Batch, split: str, position: int = -1) -> list[str]:
-        """The captions of the window frames at `position` (-1: the target) as the data holds them, whole
-        and normalised: text metrics score against these, so they do not depend on the tokenizer, its
-        <unk>s or the caption length. Without the datamodule's frame ids, the decoded reference ids."""
-        references = getattr(getattr(self._trainer, "datamodule", None), "references", {}).get(split)
+    def reference_text(self, batch: Batch, split: str, position: int = -1, oracle: bool = False) -> list[str]:
+        """The captions of the window frames at `position` (-1: the target; with `oracle`, the target's
+        oracle) as the data holds them, whole and normalised: text metrics score against these, so they do
+        not depend on the tokenizer, its <unk>s or the caption length. Without the datamodule's frame ids,
+        the decoded ids."""
+        kind = "oracle_references" if oracle else "references"
+        references = getattr(getattr(self._trainer, "datamodule", None), kind, {}).get(split)
         if references is None or "frame_index" not in batch:
-            ids = batch["target_caption"] if position == -1 else batch["context_captions"][:, position + 1]
+            ids = batch["oracle_caption"] if oracle else (
+                batch["target_caption"] if position == -1 else batch["context_captions"][:, position + 1])
             return self.decode(ids)
         return [references[i] for i in batch["frame_index"][:, position].tolist()]
 

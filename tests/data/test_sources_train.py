@@ -35,6 +35,7 @@ def test_both_stages_train_on_the_source(data: str, tmp_path: Path, monkeypatch:
     story = compose_config(root, "multimodal", overrides)
     train(story)
     assert "test/l1" in read_metrics(ae) and "test/loss" in read_metrics(story)
+    assert not [k for k in read_metrics(story) if "oracle" in k], "only the built-in world knows its oracle"
     assert len(list((root / "cache").iterdir())) == 1  # stage 2 reused stage 1's cache entry
     if data == "folder":
         for cfg in (ae, story):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from storyreason.data.datamodule import StoryDataModule
 from storyreason.data.sources.synthetic import COLOURS, COLS, ROWS, SHAPES, SyntheticWorld
 from storyreason.data.stories import SPLITS, StorySplit
 from tests.conftest import CONF
@@ -109,3 +112,46 @@ def test_the_default_world_is_the_one_its_cache_key_names() -> None:
         "the generated world changed: bump SyntheticWorld.cache_key()['version'], update this digest and "
         "re-measure the README's results"
     )
+
+
+def windows_of(tmp_path: Path, **events: float) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every val window of a small world with the given event rates, as one batch, and each frame's caption."""
+    source = SyntheticWorld(num_stories=COUNTS, story_length=6, seed=1, **events)
+    datamodule = StoryDataModule(source, context=2, batch_size=8, max_caption_len=40, cache_dir=str(tmp_path))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    dataset = datamodule.datasets["val"]
+    return dataset.__getitems__(list(range(len(dataset)))), datamodule.splits["val"].captions
+
+
+def test_the_oracle_is_the_next_frame_and_caption_unless_a_random_event_happens(tmp_path: Path) -> None:
+    """The batches carry each target's oracle: exactly the target where its caption names no event, another
+    frame and caption where it does (with the world's event rates raised so that both occur)."""
+    batch, captions = windows_of(tmp_path, p_appear=0.3, p_leave=0.3, p_recolour=0.3)
+    targets = batch["frame_index"][:, -1].tolist()
+    eventful = torch.tensor([bool(re.search(_EVENT, captions[t])) for t in targets])
+    assert 0 < int(eventful.sum()) < len(targets)
+    same_frame = (batch["oracle_frame"] == batch["target_frame"]).flatten(1).all(dim=1)
+    same_caption = (batch["oracle_caption"] == batch["target_caption"]).all(dim=1)
+    assert torch.equal(same_frame, ~eventful) and torch.equal(same_caption, ~eventful)
+    target, last = batch["target_frame"].float(), batch["context_frames"][:, -1].float()
+    assert (batch["oracle_frame"] - target).abs().mean() < (last - target).abs().mean(), "copying beats the oracle"
+
+
+def test_a_recoloured_object_keeps_its_old_colour_in_the_oracle(tmp_path: Path) -> None:
+    """With recolouring as the only event: where the oracle frame differs from the target, the oracle shows
+    the object's old colour and the target its new one; the oracle caption names the old colour, no event."""
+    batch, captions = windows_of(tmp_path, p_appear=0.0, p_leave=0.0, p_recolour=1.0)
+    source = SyntheticWorld(num_stories=COUNTS, story_length=6, seed=1, p_appear=0.0, p_leave=0.0, p_recolour=1.0)
+    oracle = source.load()["val"].oracle
+    oracle_captions = dict(zip(oracle.index.tolist(), oracle.captions))
+    for j, target in enumerate(batch["frame_index"][:, -1].tolist()):
+        old, shape, new = re.search(r"the (\w+) (\w+) turns (\w+) \.", captions[target]).groups()
+        differs = (batch["oracle_frame"][j] != batch["target_frame"][j]).any(dim=0)  # (H, W)
+        assert differs.any()
+        assert (batch["oracle_frame"][j][:, differs] == torch.tensor(COLOURS[old])[:, None]).all()
+        assert (batch["target_frame"][j][:, differs] == torch.tensor(COLOURS[new])[:, None]).all()
+        objects = captions[target].split(" the ")[0]
+        one_recoloured = {objects[: m.start()] + f"{old} {shape}" + objects[m.end() :]
+                          for m in re.finditer(f"{new} {shape}", objects)}  # any one of the same name
+        assert oracle_captions[target] in one_recoloured

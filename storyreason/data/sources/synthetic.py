@@ -6,11 +6,14 @@ frame gets a caption from a small grammar naming each object's colour, shape, 3x
 direction it moves next, followed by any event of that frame, e.g.
 ``red circle top left down right . a blue square appears .``
 The next frame follows from the context (positions, velocities, bounces) but differs from the last
-one, so copy-last baselines are strong yet beatable.
+one, so copy-last baselines are strong yet beatable. The world knows its state, so it also writes the
+oracle of each frame (`stories.Oracle`): the frame and caption the deterministic dynamics give, without
+that step's random events: what the context determines, the rest being chance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +22,11 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from storyreason.data.stories import SPLITS, StorySplit
+from storyreason.data.stories import SPLITS, Oracle, StorySplit
 from storyreason.errors import ConfigError
 
 T = TypeVar("T")
+Surprises = dict[int, tuple[np.ndarray, str]]  # frame t of a story -> its oracle frame and caption
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 45, 45),
@@ -89,7 +93,7 @@ class SyntheticWorld:
         """Every setting that changes the generated frames or captions."""
         return {
             "source": "synthetic",
-            "version": 1,
+            "version": 2,  # 2: the oracle frames and captions are cached too
             "num_stories": self.num_stories,
             "story_length": self.story_length,
             "image_size": self.image_size,
@@ -101,31 +105,44 @@ class SyntheticWorld:
         }
 
     def load(self) -> dict[str, StorySplit]:
-        """Generate all splits (deterministic in `seed`)."""
+        """Generate all splits with their oracles (deterministic in `seed`)."""
         splits = {}
         for split_index, split in enumerate(SPLITS):
             stories = [
                 self.story(split_index, i)
                 for i in tqdm(range(self.num_stories[split]), desc=f"generating {split} stories", leave=False)
             ]
-            splits[split] = StorySplit.from_stories(stories, self.image_size)
+            data = StorySplit.from_stories([story[:3] for story in stories], self.image_size)
+            surprises = [(int(begin) + t, oracle) for begin, story in zip(data.offsets, stories)
+                         for t, oracle in story[3].items()]
+            data.oracle = Oracle(
+                index=np.array([i for i, _ in surprises], np.int64),
+                frames=np.stack([frame for _, (frame, _) in surprises]) if surprises
+                else np.zeros((0, *data.frames.shape[1:]), np.uint8),
+                captions=[caption for _, (_, caption) in surprises],
+            )
+            splits[split] = data
         return splits
 
-    def story(self, split_index: int, index: int) -> tuple[str, np.ndarray, list[str]]:
-        """One story: (story_id, frames (T, 3, H, W) uint8, T captions)."""
+    def story(self, split_index: int, index: int) -> tuple[str, np.ndarray, list[str], Surprises]:
+        """One story: (story_id, frames (T, 3, H, W) uint8, T captions, oracles), where oracles maps each
+        frame t that a random event changed to the frame and caption it would have had without it."""
         rng = np.random.default_rng([self.seed, split_index, index])
         background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         objects = [self._new_object(rng, inside=True) for _ in range(rng.integers(1, self.max_objects + 1))]
-        frames, captions = [], []
+        frames, captions, oracles = [], [], {}
         for t in range(self.story_length):
             events = []
             if t > 0:
                 for obj in objects:
                     self._move(obj)
+                expected = [dataclasses.replace(obj) for obj in objects]  # the state before this step's events
                 events = self._events(rng, objects)
+                if events:
+                    oracles[t] = (self._render(background, expected), " ".join(map(self._describe, expected)))
             frames.append(self._render(background, objects))
             captions.append(" ".join([self._describe(o) for o in objects] + events))
-        return f"synthetic-{SPLITS[split_index]}-{index:06d}", np.stack(frames), captions
+        return f"synthetic-{SPLITS[split_index]}-{index:06d}", np.stack(frames), captions, oracles
 
     def _new_object(self, rng: np.random.Generator, inside: bool) -> _Object:
         size = self.image_size
