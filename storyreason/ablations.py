@@ -28,7 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.demo import REPO, _stage, cpu_name
-from storyreason.report import markdown_table, write_text_atomic
+from storyreason.report import PREDICTORS, markdown_table, skills, write_text_atomic
 from storyreason.sweeps import JOB_FILE
 
 CONF = REPO / "conf" / "ablation"
@@ -44,23 +44,18 @@ BUDGET = {
     "pretrain_ae": ["trainer.limit_train_batches=80"],
     "multimodal": ["trainer.limit_train_batches=60"],
 }
-# (label, metric key after `test/`, higher is better); image skill is computed per run
+# (label, key): a test metric after `test/`, a skill of report.SKILLS, or the job's wall seconds
 COLUMNS = (
     ("image L1 ↓", "image_l1"),
-    ("image skill ↑", "skill"),
+    ("image skill ↑", "image skill vs ae_ceiling"),
+    ("image skill vs oracle ↑", "image skill vs oracle_frame"),
     ("token acc (free) ↑", "gen_token_acc"),
+    ("caption skill vs oracle ↑", "caption skill vs oracle_caption"),
     ("token acc (forced) ↑", "token_acc"),
     ("BLEU-4 ↑", "bleu"),
     ("wall s", "wall"),
 )
-# predictors scored beside the model: (label, metric prefix after `test/`)
-BASELINES = (
-    ("copy_last_frame", "baseline/copy_last_frame/"),
-    ("mean_context", "baseline/mean_context/"),
-    ("copy_last_caption", "baseline/copy_last_caption/"),
-    ("oracle_frame", "baseline/oracle_frame/"),
-    ("oracle_caption", "baseline/oracle_caption/"),
-)
+BASELINES = ("copy_last_frame", "mean_context", "copy_last_caption", "oracle_frame", "oracle_caption", "ae_ceiling")
 
 
 def describe(row: str) -> str:
@@ -109,46 +104,52 @@ def job_wall(job: Path) -> float:
 
 
 def collect(stage_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """row -> the finished jobs' test metrics (plus `wall` and `skill`), in seed order; failed jobs left out."""
+    """row -> its finished jobs' test metrics (keys without `test/`), skills and wall seconds, in seed
+    order; failed jobs are left out."""
     runs: dict[str, list[dict[str, float]]] = {}
     for job in sorted(stage_dir.glob("*-seed*"), key=lambda j: j.name):
         outcome = json.loads((job / JOB_FILE).read_text()) if (job / JOB_FILE).is_file() else {}
         if outcome.get("status") != "done" or not (job / "metrics.json").is_file():
             continue
-        metrics = {k[len("test/"):]: v for k, v in json.loads((job / "metrics.json").read_text()).items()
-                   if k.startswith("test/")}
-        metrics["wall"] = job_wall(job)
-        if "image_l1" in metrics:
-            copy, ceiling = metrics["baseline/copy_last_frame/image_l1"], metrics["ae_ceiling/image_l1"]
-            metrics["skill"] = (copy - metrics["image_l1"]) / (copy - ceiling)
-        runs.setdefault(job.name.rsplit("-seed", 1)[0], []).append(metrics)
+        metrics = json.loads((job / "metrics.json").read_text())
+        found = {k[len("test/"):]: v for k, v in metrics.items() if k.startswith("test/")}
+        runs.setdefault(job.name.rsplit("-seed", 1)[0], []).append({**found, **skills(metrics), "wall": job_wall(job)})
     return runs
 
 
-def mean_std(values: list[float]) -> str:
-    """'0.1234 ± 0.0012' over seeds (sample std; '± -' for one seed); '-' when no run has the value."""
+def failures(sweep_dir: Path) -> list[str]:
+    """'stage/job: error' for every job of the sweep that did not finish."""
+    failed = []
+    for job in sorted(sweep_dir.glob("*/*-seed*")):
+        outcome = json.loads((job / JOB_FILE).read_text()) if (job / JOB_FILE).is_file() else {}
+        if outcome.get("status") != "done":
+            failed.append(f"{job.parent.name}/{job.name}: {outcome.get('error', 'unfinished')}")
+    return failed
+
+
+def column(runs: list[dict[str, float]], key: str) -> str:
+    """'0.1234 ± 0.0012': mean ± sample std of `key` over the runs that have it ('± -' for one run, '-' for
+    none); wall seconds without decimals."""
+    values = [r[key] for r in runs if key in r and math.isfinite(r[key])]
     if not values:
         return "-"
-    digits = 0 if max(abs(v) for v in values) >= 100 else 4
+    digits = 0 if key == "wall" else 4
     spread = f"{statistics.stdev(values):.{digits}f}" if len(values) > 1 else "-"
     return f"{statistics.fmean(values):.{digits}f} ± {spread}"
 
 
-def column(runs: list[dict[str, float]], key: str) -> str:
-    return mean_std([r[key] for r in runs if key in r and math.isfinite(r[key])])
-
-
 def story_table(runs: dict[str, list[dict[str, float]]]) -> str:
-    """Rows (in ROWS order), then each baseline's values from the `ours` runs (their data and autoencoder)."""
-    header = ["row", "seeds", *(label for label, _ in COLUMNS)]
-    body = [[row, str(len(runs[row])), *(column(runs[row], key) for _, key in COLUMNS)]
-            for row in ROWS if row in runs]
+    """Rows in ROWS order, then each baseline's values from the `ours` runs (their data and autoencoder);
+    columns no run has are left out."""
     reference = runs.get("ours") or next(iter(runs.values()), [])
-    for name, prefix in (*BASELINES, ("ae_ceiling", "ae_ceiling/")):
-        cells = [column(reference, prefix + key) if key not in ("skill", "wall") else "-" for _, key in COLUMNS]
+    body = [[row, str(len(runs[row])), *(column(runs[row], key) for _, key in COLUMNS)] for row in ROWS if row in runs]
+    for name in BASELINES:
+        cells = [column(reference, PREDICTORS[name] + key) for _, key in COLUMNS]
         if any(c != "-" for c in cells):
             body.append([f"*{name}*", str(len(reference)), *cells])
-    return markdown_table(header, body)
+    kept = [i for i in range(len(COLUMNS)) if any(row[2 + i] != "-" for row in body)]
+    header = ["row", "seeds", *(COLUMNS[i][0] for i in kept)]
+    return markdown_table(header, [row[:2] + [row[2 + i] for i in kept] for row in body])
 
 
 def ae_table(runs: dict[str, list[dict[str, float]]]) -> str:
@@ -189,8 +190,9 @@ def write_report(sweep_dir: Path, out: Path) -> str:
         f"Budget, the same for every row: {budget_line(sweep_dir)}.",
         "",
         "Test split; mean ± sample std over seeds. Image skill = (copy_last_frame − model) / (copy_last_frame − "
-        "ae_ceiling), each run against its own autoencoder. Wall: one stage-2 job, fit and final evaluation. "
-        "Rows in *italics* are baselines, scored on the `ours` runs' data and autoencoder.",
+        "ae_ceiling), each run against its own autoencoder; the skills vs oracle put oracle_frame (image L1) or "
+        "oracle_caption (free token accuracy) in place of the ceiling. Wall: one stage-2 job, fit and final "
+        "evaluation. Rows in *italics* are baselines, scored on the `ours` runs' data and autoencoder.",
         "",
         story_table(story),
         "",
@@ -202,6 +204,8 @@ def write_report(sweep_dir: Path, out: Path) -> str:
         "",
         ae_table(ae),
         "",
+        *(["Jobs that did not finish (left out of the means):", "", *(f"- {f}" for f in failures(sweep_dir)), ""]
+          if failures(sweep_dir) else []),
     ])
     write_text_atomic(out, text)
     return text
