@@ -172,7 +172,7 @@ def budget_line(sweep_dir: Path) -> str:
         return "unknown (a stage has no job directory)"
     ae, story = (OmegaConf.load(job / ".hydra" / "config.yaml") for job in jobs)
     stories = OmegaConf.select(story, "data.source.num_stories", default=None)
-    return (f"stage 1 {stage_budget(ae)}; stage 2 {stage_budget(story)}; stories per split "
+    return (f"stage 1: {stage_budget(ae)}; stage 2: {stage_budget(story)}; stories per split "
             f"{OmegaConf.to_container(stories) if stories is not None else 'as the data source has them'}")
 
 
@@ -192,7 +192,9 @@ def write_report(sweep_dir: Path, out: Path) -> str:
         "Test split; mean ± sample std over seeds. Image skill = (copy_last_frame − model) / (copy_last_frame − "
         "ae_ceiling), each run against its own autoencoder; the skills vs oracle put oracle_frame (image L1) or "
         "oracle_caption (free token accuracy) in place of the ceiling. Wall: one stage-2 job, fit and final "
-        "evaluation. Rows in *italics* are baselines, scored on the `ours` runs' data and autoencoder.",
+        "evaluation. Rows in *italics* are baselines, scored on the `ours` runs' data and autoencoder. A skill "
+        "swings wildly when its ceiling is barely better than the copy (an autoencoder whose L1 is near "
+        "copy_last_frame's): read those rows' image L1 instead.",
         "",
         story_table(story),
         "",

@@ -61,7 +61,7 @@ def test_table_cells_are_the_runs_metrics(ablated: tuple[Path, str]) -> None:
     baseline = dict(zip(header, cells(table, "*copy_last_caption*")))
     assert baseline["token acc (free) ↑"] == f"{ours['test/baseline/copy_last_caption/gen_token_acc']:.4f} ± -"
     assert "make ablations ARGS='--rows ours,mlp_head" in table and "cores" in table
-    assert "stage 2 1 epoch(s) of 2 train batches" in table
+    assert "stage 2: 1 epoch(s) of 2 train batches" in table
     ae = json.loads((sweep / "pretrain_ae" / "ours-seed3" / "metrics.json").read_text())
     assert cells(table, "ours")[0] == "ours" and f"| ours | 1 | {ae['test/l1']:.4f} ± - |" in table
 
