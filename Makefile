@@ -23,6 +23,10 @@ demo: install  # ARGS='key=value ...': Hydra overrides for both stages
 docs: install  # maintainers: docs/demo/ and the README's results block from the last `make demo`
 	$(PY) -m storyreason.demo --docs
 
+.PHONY: ablations
+ablations: install  # ARGS='KEY=VALUE ...' for both stages, 'multimodal:KEY=VALUE' for one; writes docs/ablations.md (~40 min on 2 CPU cores)
+	$(PY) -m storyreason.ablations $(ARGS)
+
 test: install
 	$(PY) -m pytest -q
 

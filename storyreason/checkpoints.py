@@ -78,7 +78,7 @@ def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, t
             f"model.ae_ckpt={path} is not a stage-1 autoencoder checkpoint (stage={hparams.get('stage')!r}). "
             f"Run stage 1 first (python train.py stage=pretrain_ae) or point model.ae_ckpt at its {RunDir.BEST}."
         )
-    saved = hparams["autoencoder"]
+    saved = {"bottleneck": "spatial", **hparams["autoencoder"]}  # older stage-1 checkpoints: the only bottleneck then
     for key, value in expected.items():
         have = saved.get(key)
         same = list(have or []) == list(value) if isinstance(value, (list, tuple)) else have == value

@@ -122,6 +122,7 @@ SCHEMA: dict[str, Rule] = {
     "model.autoencoder.image_size": integer(1),
     "model.autoencoder.channels": list_of(integer(1)),
     "model.autoencoder.latent_dim": integer(1),
+    "model.autoencoder.bottleneck": choice("spatial", "fc"),
     "model.story.*": integer(1),
     "model.context": integer(1),
     "model.max_caption_len": integer(2) | choice("auto"),
@@ -248,7 +249,8 @@ def validate(cfg: DictConfig) -> None:
                 f"(model.autoencoder.channels={list(channels)}): use a multiple of {factor}"
             )
         latent_dim, cells = _get(cfg, "model.autoencoder.latent_dim"), (image_size // factor) ** 2
-        if latent_dim is not None and latent_dim % cells:
+        spatial = _get(cfg, "model.autoencoder.bottleneck") != "fc"  # fc: any width
+        if spatial and latent_dim is not None and latent_dim % cells:
             raise ConfigError(
                 f"model.autoencoder.latent_dim={latent_dim} must be a multiple of {cells} "
                 f"(the {image_size // factor}x{image_size // factor} bottleneck of data.image_size={image_size})"

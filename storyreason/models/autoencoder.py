@@ -1,8 +1,11 @@
 """Convolutional autoencoder: frame (3, H, W) in [0, 1] <-> latent vector (Z,).
 
-The latent is a small spatial map flattened to a vector (64x64 frames, 3 blocks: 8x8 cells x 6
-channels = 384). Keeping positions in the layout, rather than squeezing through a fully connected
-layer, is what lets the autoencoder learn sharp, well placed objects in a few CPU minutes.
+Two bottlenecks (`model.autoencoder.bottleneck`):
+  spatial  the latent is a small map flattened to a vector (64x64 frames, 3 blocks: 8x8 cells x 6
+           channels = 384). Keeping positions in the layout is what lets the autoencoder learn sharp,
+           well placed objects in a few CPU minutes. Latent shape (Z / g^2, g, g).
+  fc       the seed's: conv stack -> flatten -> Linear to Z -> Linear back -> transposed convs. The
+           latent has no layout; its shape is (Z, 1, 1), one cell.
 """
 
 from __future__ import annotations
@@ -60,10 +63,15 @@ def fold_bn_forward(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class ConvAutoencoder(nn.Module):
-    """Stride-2 conv + BatchNorm + ReLU blocks down to a (Z / g^2, g, g) map, transposed convs back up."""
+BOTTLENECKS = ("spatial", "fc")
 
-    def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), latent_dim: int = 384) -> None:
+
+class ConvAutoencoder(nn.Module):
+    """Stride-2 conv + BatchNorm + ReLU blocks down to the bottleneck (a (Z / g^2, g, g) map, or a
+    fully connected Z-vector), transposed convs back up."""
+
+    def __init__(self, image_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), latent_dim: int = 384,
+                 bottleneck: str = "spatial") -> None:
         super().__init__()
         factor = 2 ** len(channels)
         if image_size % factor:
@@ -71,28 +79,43 @@ class ConvAutoencoder(nn.Module):
                 f"data.image_size={image_size} cannot pass {len(channels)} stride-2 blocks "
                 f"(model.autoencoder.channels={list(channels)}): it must be a multiple of {factor}"
             )
-        self.grid = image_size // factor  # bottleneck side, g
-        if latent_dim % self.grid**2:
+        if bottleneck not in BOTTLENECKS:
+            raise ValueError(f"model.autoencoder.bottleneck={bottleneck!r}: choose one of {', '.join(BOTTLENECKS)}")
+        g = image_size // factor  # side of the last conv map
+        if bottleneck == "spatial" and latent_dim % g**2:
             raise ValueError(
-                f"model.autoencoder.latent_dim={latent_dim} must be a multiple of the {self.grid}x{self.grid} "
-                f"bottleneck ({self.grid**2} cells) of data.image_size={image_size} with {len(channels)} blocks"
+                f"model.autoencoder.latent_dim={latent_dim} must be a multiple of the {g}x{g} "
+                f"bottleneck ({g**2} cells) of data.image_size={image_size} with {len(channels)} blocks"
             )
-        self.image_size, self.latent_dim = image_size, latent_dim
-        self.latent_channels = latent_dim // self.grid**2
+        self.image_size, self.latent_dim, self.bottleneck = image_size, latent_dim, bottleneck
+        # (C, h, w), how a latent vector is laid out: the bottleneck map, or one cell of Z channels (fc)
+        self.latent_shape = (latent_dim // g**2, g, g) if bottleneck == "spatial" else (latent_dim, 1, 1)
+        self.latent_channels, self.grid = self.latent_shape[:2]
         widths = [3, *channels]
         self.encoder = nn.Sequential(
             *(_down(a, b) for a, b in zip(widths[:-1], widths[1:])),
-            nn.Conv2d(channels[-1], self.latent_channels, 1),
+            *self._squeeze(channels[-1], g),
         )
         rev = widths[::-1]  # e.g. 128, 64, 32, 3
         self.decoder = nn.Sequential(
-            nn.Conv2d(self.latent_channels, channels[-1], 1, bias=False),
-            nn.BatchNorm2d(channels[-1]),
-            nn.ReLU(inplace=True),
+            *self._expand(channels[-1], g),
             *(_up(a, b) for a, b in zip(rev[:-2], rev[1:-1])),
             nn.ConvTranspose2d(rev[-2], 3, 4, stride=2, padding=1),
             nn.Sigmoid(),
         )
+
+    def _squeeze(self, width: int, g: int) -> list[nn.Module]:
+        """The encoder's last layers: (N, width, g, g) -> the latent, a (N, C, g, g) map or an (N, Z) vector (fc)."""
+        if self.bottleneck == "fc":
+            return [nn.Flatten(), nn.Linear(width * g * g, self.latent_dim)]
+        return [nn.Conv2d(width, self.latent_channels, 1)]
+
+    def _expand(self, width: int, g: int) -> list[nn.Module]:
+        """The decoder's first layers: the latent laid out as (N, *latent_shape) -> (N, width, g, g)."""
+        if self.bottleneck == "fc":
+            return [nn.Flatten(), nn.Linear(self.latent_dim, width * g * g), nn.ReLU(inplace=True),
+                    nn.Unflatten(1, (width, g, g))]
+        return [nn.Conv2d(self.latent_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
 
     def _run(self, layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """`layers(x)`; in eval mode (a frozen autoencoder, evaluation) with each BatchNorm folded into the
@@ -107,7 +130,7 @@ class ConvAutoencoder(nn.Module):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(N, Z) -> (N, 3, H, W) in [0, 1]."""
-        return self._run(self.decoder, latent.view(len(latent), self.latent_channels, self.grid, self.grid))
+        return self._run(self.decoder, latent.view(len(latent), *self.latent_shape))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(frames))

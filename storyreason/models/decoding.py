@@ -15,7 +15,7 @@ from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
 
 def check_max_len(model: StoryModel, max_len: int | None) -> int:
     """`max_len`, or the model's caption length when None; the decoder has positions for at most L + 1 steps."""
-    limit = model.caption.position.num_embeddings
+    limit = model.caption.max_len
     max_len = max_len or model.max_caption_len
     if not 1 <= max_len <= limit:
         raise ValueError(f"a caption of at most {max_len} tokens cannot be decoded: this model has {limit} positions")

@@ -5,13 +5,20 @@ Data flows top to bottom:
   -> CaptionEncoder           per caption: token states (B*K, L, T), summary (B*K, T)
   -> CrossModalFusion         per frame: image attends to its caption, concat + FC -> (B, K, D)
   -> story GRU                over the K frames -> story state (B, S)
-  -> LatentHead               next latent = last latent + CNN residual over the latent maps (B, Z)
-  -> CaptionDecoder           GRU + linear head, reads the state and attends over the last caption
-                              and the cells of the last and predicted latent maps
+  -> latent head              next latent (B, Z), chosen by model/story/latent_head:
+       LatentHead               residual_cnn: last latent + CNN residual over the latent maps
+       MLPLatentHead            mlp (the seed's): story state -> FC -> latent
+  -> caption decoder          next caption, chosen by model/story/caption_memory:
+       CaptionDecoder           attention: GRU + linear head, reads the state and attends over the last
+                                caption and the cells of the last and predicted latent maps
+       PlainCaptionDecoder      none (the seed's): GRU + linear head over the state alone
+
+The two choices are Hydra partials (conf/model/story/*/): StoryModel calls them with its sizes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +75,19 @@ class LatentHead(nn.Module):
         return latents[:, -1] + self.net(torch.cat([last, previous, s], dim=1)).flatten(1)
 
 
+class MLPLatentHead(nn.Module):
+    """Next latent = an MLP of the story state alone (the seed's head): no latent maps, no residual."""
+
+    def __init__(self, latent_shape: tuple[int, int, int], state_dim: int, hidden: int) -> None:
+        super().__init__()
+        latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
+        self.net = nn.Sequential(nn.Linear(state_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, latent_dim))
+
+    def forward(self, latents: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """latents (B, K, Z) (unused), state (B, S) -> next latent (B, Z)."""
+        return self.net(state)
+
+
 class MemoryAttention(nn.Module):
     """Multi-head attention whose keys and values are projected once per caption, not at every step.
 
@@ -115,6 +135,7 @@ class CaptionDecoder(nn.Module):
         num_maps: int = 2,
     ) -> None:
         super().__init__()
+        self.max_len = max_len  # positions: the longest caption it decodes
         channels, height, width = latent_shape
         self.cell_proj = nn.Linear(channels, hidden_dim)
         self.cell_position = nn.Parameter(0.02 * torch.randn(num_maps, height * width, hidden_dim))
@@ -127,16 +148,20 @@ class CaptionDecoder(nn.Module):
         self.attention = MemoryAttention(hidden_dim, heads)
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
-    def memory(self, states: torch.Tensor, tokens: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def memory(
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys the decoder attends over: the last caption's words and the cells of latent maps.
 
-        states (B, L, T) and tokens (B, L) of the last context caption; maps (B, M, C, h, w), the last
-        context latent and the predicted next one, whose cells say where objects are and will be.
-        -> (B, L + M*h*w, 2H): the attention's keys and values, projected once for every decoding step
+        states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
+        the last context latent and the predicted next one, whose cells say where objects are and will be.
+        -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
+        step, and its padding mask (B, L + M*h*w), True at caption padding
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
-        return self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
+        memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
+        return memory, torch.cat([pad, pad.new_zeros(len(pad), memory.shape[1] - pad.shape[1])], dim=1)
 
     def forward(
         self,
@@ -161,6 +186,50 @@ class CaptionDecoder(nn.Module):
         return self.head(torch.cat([out, read], dim=-1)), hidden
 
 
+class PlainCaptionDecoder(nn.Module):
+    """GRU language model conditioned on the story state alone, + a linear head (the seed's decoder):
+    no memory to attend over, no position embedding. Takes CaptionDecoder's arguments and calls."""
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        state_dim: int,
+        memory_dim: int,
+        hidden_dim: int,
+        heads: int,
+        max_len: int,
+        latent_shape: tuple[int, int, int],
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.embed = embed  # shared with the caption encoder
+        self.init_hidden = nn.Linear(state_dim, hidden_dim)
+        self.gru = nn.GRU(embed.embedding_dim + state_dim, hidden_dim, batch_first=True)
+        self.head = nn.Linear(hidden_dim, embed.num_embeddings)
+
+    def memory(
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """No memory: (B, 0, 0) and its (B, 0) mask, so decoding code treats both decoders alike."""
+        return states.new_zeros(len(states), 0, 0), pad[:, :0]
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory`, `memory_pad`, `start` unused."""
+        x = torch.cat([self.embed(inputs), state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
+        if hidden is None:
+            hidden = torch.tanh(self.init_hidden(state))[None]
+        out, hidden = self.gru(x, hidden)  # (B, T, H)
+        return self.head(out), hidden
+
+
 @dataclass
 class StoryEncoding:
     """What the decoders need from the context."""
@@ -168,7 +237,7 @@ class StoryEncoding:
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
     memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
-    memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding
+    memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
 
 
 class StoryModel(nn.Module):
@@ -186,16 +255,20 @@ class StoryModel(nn.Module):
         decoder_dim: int = 128,
         heads: int = 4,
         latent_hidden: int = 64,
+        latent_head: Callable[..., nn.Module] = LatentHead,
+        caption_memory: Callable[..., nn.Module] = CaptionDecoder,
     ) -> None:
+        """`latent_head(latent_shape, state_dim, latent_hidden)` and `caption_memory(embed, state_dim,
+        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks."""
         super().__init__()
         self.max_caption_len = max_caption_len
         latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
         self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
-        self.latent_head = LatentHead(latent_shape, state_dim, latent_hidden)
+        self.latent_head = latent_head(latent_shape, state_dim, latent_hidden)
         self.latent_shape = tuple(latent_shape)
-        self.caption = CaptionDecoder(
+        self.caption = caption_memory(
             self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1, self.latent_shape
         )
 
@@ -208,7 +281,7 @@ class StoryModel(nn.Module):
         batch share (windows of one story overlap) has its caption encoded and fused once, and its
         result is reused, with the same values and gradients as encoding every copy.
         """
-        b, k, length = captions.shape
+        b, k, _ = captions.shape
         ids = frame_ids.flatten() if frame_ids is not None else torch.arange(b * k, device=captions.device)
         first, inverse = first_occurrences(ids)
         captions_once = captions.flatten(0, 1)[first]  # (F, L), F <= B*K distinct frames
@@ -220,9 +293,8 @@ class StoryModel(nn.Module):
         latent = self.latent_head(latents, state)
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
-        memory = self.caption.memory(states[last], captions[:, -1], maps)
-        cells_pad = pad.new_zeros(b, memory.shape[1] - length)
-        return StoryEncoding(state, latent, memory, torch.cat([pad[last], cells_pad], dim=1))
+        memory, memory_pad = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
+        return StoryEncoding(state, latent, memory, memory_pad)
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""

@@ -6,6 +6,7 @@ import math
 
 import lightning as L
 import torch
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from storyreason.errors import ConfigError, StoryreasonError
@@ -43,6 +44,29 @@ def adam(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> to
     stage 2's optimizer step takes about 1 ms here against 4-7 ms for the per-tensor loop."""
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+COMPONENTS = "storyreason.models."  # where every class a model config (or a checkpoint) may name lives
+
+
+def build_components(config: dict, key: str) -> dict:
+    """`config` with each `{_target_: class, ...}` entry turned by Hydra into a partial, which the model
+    calls with its own sizes (conf/model/story/*/ choose them). Only nn.Module classes of
+    storyreason.models are built: checkpoints carry these entries, and loading one must never run
+    other code."""
+    built = dict(config)
+    for name, value in config.items():
+        if not (isinstance(value, dict) and "_target_" in value):
+            continue
+        target = value["_target_"]
+        try:
+            cls = get_class(target) if isinstance(target, str) and target.startswith(COMPONENTS) else None
+        except (ImportError, ValueError):  # no such name, or not a class
+            cls = None
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(COMPONENTS)):
+            raise ConfigError(f"{key}.{name}._target_={target}: not a model class of {COMPONENTS.rstrip('.')}")
+        built[name] = instantiate(value, _partial_=True, _recursive_=False)
+    return built
 
 
 def to_unit(frames: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -21,7 +21,8 @@ from storyreason.metrics import (
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
 from storyreason.models.story import StoryEncoding, StoryModel, argmax_last
-from storyreason.modules.base import StageModule, compile_inner, to_unit, weighted_loss, width_scaled_lr
+from storyreason.modules.base import (StageModule, build_components, compile_inner, to_unit, weighted_loss,
+                                      width_scaled_lr)
 
 log = logging.getLogger(__name__)
 # The frozen autoencoder is kept in eval mode on purpose (its BatchNorm statistics stay stage 1's).
@@ -93,8 +94,8 @@ class MultimodalStoryModule(StageModule):
         self.tokenizer = CaptionTokenizer.from_json(tokenizer_state)
         vocab = self.tokenizer.vocab
         self.autoencoder = ConvAutoencoder(**autoencoder)
-        latent_shape = (self.autoencoder.latent_channels, self.autoencoder.grid, self.autoencoder.grid)
-        self.story = StoryModel(len(vocab), latent_shape, max_caption_len, **story)
+        components = build_components(story, "model.story")  # its latent head and caption decoder
+        self.story = StoryModel(len(vocab), self.autoencoder.latent_shape, max_caption_len, **components)
         if channels_last:  # the autoencoder's convolutions: about 2x faster encoding on a CPU
             self.autoencoder.to(memory_format=torch.channels_last)
         if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
