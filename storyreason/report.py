@@ -96,7 +96,10 @@ def print_table(metrics: dict[str, float], split: str = "test", title: str = "")
         table.add_column(h.replace("_", " "), justify="right")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: no width to fit, so never cut a figure to "0.…"
+        console.width = 240
+    console.print(table)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

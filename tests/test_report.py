@@ -29,3 +29,14 @@ def test_without_oracles_there_is_no_oracle_column_nor_skill() -> None:
     assert list(skills(metrics)) == ["image skill vs ae_ceiling"]
     header, rows = results_table(metrics)
     assert not [h for h in header if "oracle" in h] and not [r for r in rows if "oracle" in r[0]]
+
+
+def test_the_printed_table_keeps_every_figure_whole_when_stdout_is_no_terminal(capsys: pytest.CaptureFixture) -> None:
+    """Piped into a log, the table has no terminal width to fit: every header and figure is printed whole."""
+    from storyreason.report import print_table
+
+    print_table(METRICS | {"test/baseline/mean_context/image_l1": 0.1})
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for text in ("copy last caption", "oracle caption", "0.0600", "0.9000", "image skill vs oracle_frame"):
+        assert text in out, text
