@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from storyreason.demo import REPO, _stage, cpu_name
+from storyreason.demo import REPO, cpu_name, run_stage
 from storyreason.report import PREDICTORS, markdown_table, skills, write_text_atomic
 from storyreason.sweeps import JOB_FILE
 
@@ -89,10 +89,10 @@ def run_sweeps(sweep_dir: Path, rows: list[str], seeds: list[int], overrides: li
     seeds_arg = f"seed={','.join(map(str, seeds))}"
     owners = sorted({stage1_row(r) for r in rows}, key=ROWS.index)
     ae_dir = sweep_dir / "pretrain_ae"
-    _stage("pretrain_ae", [
+    run_stage("pretrain_ae", [
         "hydra.mode=MULTIRUN", f"ablation={','.join(owners)}", seeds_arg, f"hydra.sweep.dir={ae_dir}",
         "hydra.sweep.subdir=${ablation.row}-seed${seed}", *per_stage["pretrain_ae"]])
-    _stage("multimodal", [
+    run_stage("multimodal", [
         "hydra.mode=MULTIRUN", f"ablation={','.join(rows)}", seeds_arg, f"hydra.sweep.dir={sweep_dir / 'multimodal'}",
         "hydra.sweep.subdir=${ablation.row}-seed${seed}", f"model.ae_ckpt={ae_dir}/${{ablation.stage1}}-seed${{seed}}",
         *per_stage["multimodal"]])

@@ -34,7 +34,7 @@ README_BEGIN = "<!-- demo results: begin (written by `make demo`, do not edit) -
 README_END = "<!-- demo results: end -->"
 
 
-def _stage(stage: str, overrides: list[str]) -> float:
+def run_stage(stage: str, overrides: list[str]) -> float:
     """`python train.py stage=<stage> <overrides>`, run as __main__ here; its wall time in seconds.
     A failing stage exits as train.py does (2 for a config or data error), which ends the demo."""
     start, argv = time.perf_counter(), sys.argv
@@ -147,9 +147,9 @@ def main(argv: list[str]) -> None:
         print(f"{_show(DOCS)}/ refreshed from {_show(root / OUT)}/" + (" (README.md updated)" if updated else ""))
         return
     recipe = ["experiment=demo", *argv]  # the demo's recipe; the user's overrides (ARGS=...) win
-    wall = {"pretrain_ae": _stage("pretrain_ae", recipe)}
+    wall = {"pretrain_ae": run_stage("pretrain_ae", recipe)}
     ae_run = latest_finished_run(root, "pretrain_ae").path
-    wall["multimodal"] = _stage("multimodal", [*recipe, f"model.ae_ckpt={ae_run}"])
+    wall["multimodal"] = run_stage("multimodal", [*recipe, f"model.ae_ckpt={ae_run}"])
     run = latest_finished_run(root, "multimodal").path
     checks = write_outputs(root / OUT, ae_run, run, wall, argv)
     for name, ok in checks.items():
