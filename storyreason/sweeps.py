@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.distributed import sweep_job_as_single_run
-from storyreason.errors import ConfigError, user_error
+from storyreason.errors import ConfigError, StoryreasonError, user_error
 from storyreason.report import markdown_table, write_json_atomic
 from storyreason.rundir import RunDir
 
@@ -43,6 +43,11 @@ HEADLINE = ("test/l1", "test/psnr", "test/ssim", "test/image_l1", "test/image_ss
 def in_sweep() -> bool:
     """Whether this process runs a job of a Hydra multirun."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def current_sweep_dir() -> Path | None:
+    """The directory of the sweep this process runs a job of, else None."""
+    return Path(HydraConfig.get().sweep.dir) if in_sweep() else None
 
 
 def record_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
@@ -171,6 +176,24 @@ def check_search_space(config: DictConfig) -> None:
             )
 
 
+def choose_autoencoder_once(config: DictConfig) -> None:
+    """A stage-2 sweep with `model.ae_ckpt=auto` resolves it here, once, into the sweep directory, where its
+    jobs read it: a stage-1 run finishing mid-sweep cannot give later jobs another autoencoder. When
+    nothing is found, each job reports that itself."""
+    if OmegaConf.select(config, "stage.name") != "multimodal" or \
+            OmegaConf.select(config, "model.ae_ckpt", default=None) not in (None, "", "auto"):
+        return
+    from storyreason.checkpoints import SWEEP_AE_CHOICE, resolve_ae_checkpoint  # torch: only for stage-2 sweeps
+
+    try:
+        chosen = resolve_ae_checkpoint("auto", config.paths.root)
+    except StoryreasonError:
+        return
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_AE_CHOICE).write_text(f"{chosen.resolve()}\n")
+
+
 class SweepSummary(Callback):
     """Hydra callback: checks the search space when a multirun starts, the sweep summary when it ends."""
 
@@ -180,6 +203,7 @@ class SweepSummary(Callback):
         except ConfigError as err:
             print(f"ConfigError: {err}", file=sys.stderr)
             sys.exit(2)
+        choose_autoencoder_once(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
