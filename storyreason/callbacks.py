@@ -1,5 +1,5 @@
-"""Lightning callbacks and plugins: sample grids and captions for TensorBoard and the run's samples/
-folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
+"""Lightning callbacks and plugins: sample grids and captions for TensorBoard, W&B or MLflow and the run's
+samples/ folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
 on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run); a watch on validation for a run that
 diverges without a NaN."""
 
