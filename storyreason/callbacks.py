@@ -1,5 +1,5 @@
-"""Lightning callbacks and plugins: sample grids and captions for TensorBoard and the run's samples/
-folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
+"""Lightning callbacks and plugins: sample grids and captions for TensorBoard, W&B or MLflow and the run's
+samples/ folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
 on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run); a watch on validation for a run that
 diverges without a NaN."""
 
@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class SampleLogger(L.Callback):
-    """Each validation epoch: an image grid (one row per sample) and caption text in TensorBoard.
+    """Each validation epoch: an image grid (one row per sample) and caption text in TensorBoard, W&B or MLflow.
     At test end: the same for the test split, written as PNG grids and a text file under `samples/`.
 
     The samples are the first `num_samples` items of the split, so epochs are comparable.
@@ -55,14 +55,13 @@ class SampleLogger(L.Callback):
         if trainer.sanity_checking:
             return
         batch = self._batch(trainer, "val", 0)
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if batch is None or logger is None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, (TensorBoardLogger, WandbLogger, MLFlowLogger))]
+        if batch is None or not loggers:
             return
         rows, lines = pl_module.samples(batch, "val")
-        logger.experiment.add_image("val/samples", self._grid(rows), trainer.global_step)
-        if lines:
-            text = "\n\n".join(line.replace("\n", "  \n") for line in lines)
-            logger.experiment.add_text("val/captions", text, trainer.global_step)
+        grid = self._grid(rows)
+        for logger in loggers:
+            log_samples(logger, grid, lines, trainer.global_step)
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -78,6 +77,24 @@ class SampleLogger(L.Callback):
             all_lines += lines
         if all_lines:
             (out / "test_captions.txt").write_text("\n\n".join(all_lines) + "\n")
+
+
+def log_samples(logger: Logger, grid: torch.Tensor, lines: list[str], step: int) -> None:
+    """A validation sample grid `(3, H, W)` in [0, 1] and its caption lines, in the form each logger keeps
+    images and text: TensorBoard's image and text tabs, a W&B image and table, MLflow artifacts."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image("val/samples", grid, step)
+        if lines:
+            logger.experiment.add_text("val/captions", "\n\n".join(line.replace("\n", "  \n") for line in lines), step)
+    elif isinstance(logger, WandbLogger):
+        logger.log_image("val/samples", [grid], step=step)
+        if lines:
+            logger.log_text("val/captions", columns=["sample"], data=[[line] for line in lines], step=step)
+    elif isinstance(logger, MLFlowLogger):
+        image = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        logger.experiment.log_image(logger.run_id, image, f"val/samples/step_{step:07d}.png")
+        if lines:
+            logger.experiment.log_text(logger.run_id, "\n\n".join(lines) + "\n", f"val/captions/step_{step:07d}.txt")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

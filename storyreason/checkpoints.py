@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import pickle
 import re
@@ -16,7 +17,7 @@ from storyreason.data.tokenizer import WordTokenizer
 from storyreason.errors import CheckpointError
 from storyreason.modules.autoencoder import AutoencoderModule
 from storyreason.modules.multimodal import MultimodalStoryModule
-from storyreason.rundir import RunDir, latest_finished_run
+from storyreason.rundir import RunDir, latest_full_run
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,43 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def resolve_ae_checkpoint(ae_ckpt: str | None, root: str | Path) -> Path:
-    """`model.ae_ckpt`: a checkpoint file, a stage-1 run directory, or `auto` (newest finished stage-1 run)."""
+# in a sweep's directory: the run `model.ae_ckpt=auto` chose when the sweep started, for all its jobs
+SWEEP_AE_CHOICE = "ae_ckpt_auto.txt"
+
+
+def resolve_ae_checkpoint(ae_ckpt: str | None, root: str | Path, sweep_dir: str | Path | None = None) -> Path:
+    """`model.ae_ckpt`: a checkpoint file, a stage-1 run directory, or `auto`: the newest finished stage-1
+    run under `root` that is neither a sweep job nor a debug/limited run (`RunDir.limits`). A sweep's
+    jobs take the run chosen when it started (`SWEEP_AE_CHOICE` in `sweep_dir`), so all use the same one."""
     hint = "Run stage 1 first (python train.py stage=pretrain_ae) or set model.ae_ckpt=PATH."
     if ae_ckpt in (None, "", "auto"):
+        chosen = Path(sweep_dir) / SWEEP_AE_CHOICE if sweep_dir is not None else None
+        if chosen is not None and chosen.is_file():
+            path = Path(chosen.read_text().strip())
+            log.info("model.ae_ckpt=auto: %s, chosen once for this sweep (%s)", _with_test_l1(path), chosen)
+            return path
         try:
-            return latest_finished_run(root, AE_STAGE).best_checkpoint()
+            run, passed = latest_full_run(root, AE_STAGE)
         except CheckpointError as err:
             raise CheckpointError(f"model.ae_ckpt=auto found no autoencoder: {err}. {hint}") from None
+        log.info("model.ae_ckpt=auto: %s%s", _with_test_l1(run.best_checkpoint()),
+                 f"; passed over {len(passed)} newer sweep job(s) or debug/limited run(s)" if passed else "")
+        return run.best_checkpoint()
     path = Path(ae_ckpt)
     if path.is_dir():
         return RunDir(path).best_checkpoint()
     if not path.is_file():
         raise CheckpointError(f"model.ae_ckpt={ae_ckpt} does not exist. {hint}")
     return path
+
+
+def _with_test_l1(ckpt: Path) -> str:
+    """`<run dir> (test/l1 0.0216)` for a stage-1 run's checkpoint, so the log says which autoencoder and how good."""
+    run = RunDir.of_checkpoint(ckpt)
+    if run is None or not run.finished:
+        return str(ckpt)
+    l1 = json.loads(run.metrics.read_text()).get("test/l1")
+    return f"{run.path} (test/l1 {'?' if l1 is None else f'{l1:.4f}'})"
 
 
 def autoencoder_state(path: str | Path, expected: dict[str, Any]) -> dict[str, torch.Tensor]:

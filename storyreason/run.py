@@ -24,6 +24,7 @@ from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
 from storyreason.resume import resume_run
 from storyreason.rundir import RunDir
+from storyreason.sweeps import current_sweep_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def build_module(cfg: DictConfig, datamodule: StoryDataModule) -> L.LightningMod
     stage-1 autoencoder."""
     if cfg.stage.name == "pretrain_ae":
         return instantiate(cfg.model, _convert_="all")
-    ae_path = resolve_ae_checkpoint(cfg.model.ae_ckpt, cfg.paths.root)
+    ae_path = resolve_ae_checkpoint(cfg.model.ae_ckpt, cfg.paths.root, current_sweep_dir())
     ae_state = autoencoder_state(ae_path, OmegaConf.to_container(cfg.model.autoencoder, resolve=True))
     prepare_data_once(datamodule)  # before the trainer exists: one build per node under DDP
     datamodule.setup("fit")

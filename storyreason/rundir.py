@@ -98,6 +98,45 @@ class RunDir:
             return None
         return OmegaConf.select(OmegaConf.load(self.config), "stage.name")
 
+    @property
+    def sweep_job(self) -> bool:
+        """Whether the run was a job of a multirun (`-m`): Hydra recorded that mode, or it lies under `multirun/`."""
+        if self.hydra_config.is_file():
+            mode = OmegaConf.select(OmegaConf.load(self.hydra_config), "hydra.mode", default=None)
+            if mode is not None:
+                return str(mode) == RunMode.MULTIRUN.name
+        return "multirun" in self.path.parts
+
+    def limits(self) -> list[str]:
+        """What made the run a debug or limited one (`debug=fdr`, `trainer.limit_test_batches=2`), read from its
+        saved config; empty for a full run.
+
+        Limited: a debug config; fast_dev_run or overfit_batches; a cap on validation or test batches (its
+        scores do not cover the split); max_steps; a count of train batches. A fraction of the train batches
+        is a recipe's epoch size (experiment=demo trains stage 1 on half an epoch), so it does not count.
+        """
+        found = []
+        if self.hydra_config.is_file():
+            debug = OmegaConf.select(OmegaConf.load(self.hydra_config), "hydra.runtime.choices.debug", default=None)
+            if debug not in (None, "null"):
+                found.append(f"debug={debug}")
+        trainer = OmegaConf.select(OmegaConf.load(self.config), "trainer", default=None) if self.config.is_file() else None
+        trainer = OmegaConf.to_container(trainer, resolve=False) if trainer is not None else {}
+
+        def whole(value: object) -> bool:  # an int is a count of batches, a float a fraction
+            return value is None or isinstance(value, float) and value >= 1.0
+
+        checks = {
+            "fast_dev_run": lambda v: v in (None, False, 0),
+            "overfit_batches": lambda v: v in (None, 0, 0.0),
+            "limit_val_batches": whole,
+            "limit_test_batches": whole,
+            "max_steps": lambda v: v in (None, -1),
+            "limit_train_batches": lambda v: v is None or isinstance(v, float),
+        }
+        found += [f"trainer.{key}={trainer[key]}" for key, full in checks.items() if key in trainer and not full(trainer[key])]
+        return found
+
     def relative(self, path: Path) -> str:
         """`path` as the run directory's own name for it (`checkpoints/best.ckpt`), for messages."""
         return path.relative_to(self.path).as_posix()
@@ -116,12 +155,36 @@ class RunDir:
 
 
 def latest_finished_run(root: str | Path, stage: str) -> RunDir:
-    """The finished run of `stage` under `root` whose metrics.json is newest (`model.ae_ckpt=auto`, the demo)."""
-    runs = [RunDir(m.parent) for m in Path(root).glob(f"**/{RunDir.METRICS}")]
-    runs = [r for r in runs if r.best.is_file() and r.stage == stage]
+    """The finished run of `stage` under `root` whose metrics.json is newest (the demo's stage 2)."""
+    runs = _finished_runs(root, stage)
     if not runs:
         raise CheckpointError(f"no finished {stage} run under {root}")
-    return max(runs, key=lambda r: r.metrics.stat().st_mtime)
+    return runs[0]
+
+
+def latest_full_run(root: str | Path, stage: str) -> tuple[RunDir, list[RunDir]]:
+    """The newest finished run of `stage` under `root` that is neither a sweep job nor a debug or limited
+    run (`model.ae_ckpt=auto`), and the newer finished runs it passed over. A sweep's jobs or a quick check
+    finished after a real run must not silently become the autoencoder of the next stage-2 run."""
+    runs = _finished_runs(root, stage)
+    for k, run in enumerate(runs):
+        if not run.sweep_job and not run.limits():
+            return run, runs[:k]
+    if not runs:
+        raise CheckpointError(f"no finished {stage} run under {root}")
+    example = runs[0]
+    why = "a sweep job" if example.sweep_job else ", ".join(example.limits())
+    raise CheckpointError(
+        f"the {len(runs)} finished {stage} run(s) under {root} are all sweep jobs or debug/limited runs "
+        f"(the newest, {example.path}: {why})"
+    )
+
+
+def _finished_runs(root: str | Path, stage: str) -> list[RunDir]:
+    """Finished runs of `stage` under `root` with a best checkpoint, newest metrics.json first."""
+    runs = [RunDir(m.parent) for m in Path(root).glob(f"**/{RunDir.METRICS}")]
+    runs = [r for r in runs if r.best.is_file() and r.stage == stage]
+    return sorted(runs, key=lambda r: r.metrics.stat().st_mtime, reverse=True)
 
 
 def latest_unfinished_run(root: str | Path, stage: str) -> RunDir:

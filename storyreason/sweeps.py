@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.distributed import sweep_job_as_single_run
-from storyreason.errors import ConfigError, user_error
+from storyreason.errors import ConfigError, StoryreasonError, user_error
 from storyreason.report import markdown_table, write_json_atomic
 from storyreason.rundir import RunDir
 
@@ -43,6 +43,11 @@ HEADLINE = ("test/l1", "test/psnr", "test/ssim", "test/image_l1", "test/image_ss
 def in_sweep() -> bool:
     """Whether this process runs a job of a Hydra multirun."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def current_sweep_dir() -> Path | None:
+    """The directory of the sweep this process runs a job of, else None."""
+    return Path(HydraConfig.get().sweep.dir) if in_sweep() else None
 
 
 def record_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
@@ -87,16 +92,37 @@ def _job_row(job_dir: Path) -> dict[str, Any]:
     metric = OmegaConf.select(config, "optimized_metric", default=None)
     outcome = json.loads((job_dir / JOB_FILE).read_text()) if (job_dir / JOB_FILE).is_file() else {}
     metrics = json.loads(job.metrics.read_text()) if job.finished else {}
+    hydra = OmegaConf.load(job.hydra_config) if job.hydra_config.is_file() else OmegaConf.create()
+    searched = OmegaConf.select(hydra, "hydra.sweeper.params", default=None) or {}
     return {
         "job": job_dir.name,
         "status": outcome.get("status", "done" if metrics else "unfinished"),
         "overrides": overrides,
+        "params": dict(_key_value(o) for o in overrides),
+        "searched": [str(k) for k in searched],
         "metric": metric,
         "value": metrics.get(metric) if metric else None,
         "mode": _mode(job, config),
         "error": outcome.get("error", ""),
         "metrics": metrics,
     }
+
+
+def _key_value(override: str) -> tuple[str, str]:
+    """`model.lr=0.001` as ("model.lr", "0.001"); an override without a value (`~key`) is its own key."""
+    key, sep, value = override.partition("=")
+    return (key, value) if sep else (override, "")
+
+
+def parameter_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The parameters a summary shows as columns: every key the sweeper searched (all of Optuna's search
+    space, even one that happened to take one value in every trial), then every key whose value the jobs vary."""
+    columns = dict.fromkeys(k for r in rows for k in r["searched"])
+    for row in rows:
+        for key in row["params"]:
+            if len({r["params"].get(key) for r in rows}) > 1:
+                columns.setdefault(key)
+    return list(columns)
 
 
 def _sort_key(row: dict[str, Any]) -> tuple[int, float, str]:
@@ -121,28 +147,39 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return sorted(rows, key=_sort_key)
 
 
+SIGNIFICANT = 3  # digits of the floats in sweep_summary.md and on the console; the CSV keeps them all
+BEST_ROWS = 5  # rows of the summary printed when a sweep ends
+
+
 def _cell(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A float (or an override's value that reads as one) to SIGNIFICANT digits; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value or "-"
+        if value.strip().lower() in ("nan", "inf", "-inf", "infinity") or number.is_integer() and "." not in value \
+                and "e" not in value.lower():
+            return value  # integers (a width of 256) stay whole
+        value = number
+    return f"{value:.{SIGNIFICANT}g}" if isinstance(value, float) else str(value)
 
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Write sweep_summary.csv (every metric) and sweep_summary.md (the headline ones) into `sweep_dir`."""
+    """Write sweep_summary.csv (every override and metric, unrounded) and sweep_summary.md (a column per
+    searched or varied parameter and the headline metrics, floats to SIGNIFICANT digits) into `sweep_dir`."""
     sweep_dir = Path(sweep_dir)
     rows = summarize(sweep_dir)
     metric = next((r["metric"] for r in rows if r["metric"]), "optimized_metric")
     keys = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (k != metric, k))
+    params = parameter_columns(rows)
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["rank", "job", "status", "overrides", "error", "optimized_metric", *keys])
+        writer.writerow(["rank", "job", "status", "overrides", "error", "optimized_metric", *params, *keys])
         for rank, r in enumerate(rows, 1):
             writer.writerow([rank, r["job"], r["status"], r["overrides"], r["error"], r["metric"],
-                             *(r["metrics"].get(k) for k in keys)])
-    headline = [k for k in HEADLINE if k != metric and any(k in r["metrics"] for r in rows)]
-    table = [
-        [str(rank), r["job"], r["status"], r["overrides"] or "-", _cell(r["value"]) if r["value"] is not None else "-",
-         *(_cell(r["metrics"][k]) if k in r["metrics"] else "-" for k in headline), r["error"][:200] or "-"]
-        for rank, r in enumerate(rows, 1)
-    ]
+                             *(r["params"].get(k, "") for k in params), *(r["metrics"].get(k) for k in keys)])
+    header, table = _markdown_rows(rows, metric, params)
     mode = next((r["mode"] for r in rows if r["metric"]), "min")
     failed = sum(r["status"] != "done" for r in rows)
     text = [
@@ -151,10 +188,36 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         f"{len(rows)} jobs, {len(rows) - failed} done, {failed} failed or unfinished; "
         f"sorted by {metric} ({'higher' if mode == 'max' else 'lower'} is better).",
         "",
-        markdown_table(["rank", "job", "status", "overrides", metric, *headline, "error"], table, numbers=False),
+        markdown_table(header, table, numbers=False),
     ]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(text) + "\n")
     return rows
+
+
+def _markdown_rows(rows: list[dict[str, Any]], metric: str, params: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of sweep_summary.md: rank, job, status, the parameters, the optimized metric,
+    the headline test metrics the jobs have, and the error."""
+    headline = [k for k in HEADLINE if k != metric and any(k in r["metrics"] for r in rows)]
+    shown = set(params)
+    others = [" ".join(o for o in r["overrides"].split() if _key_value(o)[0] not in shown) for r in rows]
+    extra = ["overrides"] if any(others) else []  # varied overrides that are not key=value parameters
+    table = [
+        [str(rank), r["job"], r["status"], *(_cell(r["params"].get(k, "")) for k in params), *([o or "-"] if extra else []),
+         _cell(r["value"]) if r["value"] is not None else "-",
+         *(_cell(r["metrics"][k]) if k in r["metrics"] else "-" for k in headline), r["error"][:200] or "-"]
+        for rank, (r, o) in enumerate(zip(rows, others), 1)
+    ]
+    return ["rank", "job", "status", *params, *extra, metric, *headline, "error"], table
+
+
+def print_best(sweep_dir: str | Path, rows: list[dict[str, Any]], count: int = BEST_ROWS) -> None:
+    """Print the best `count` rows of the summary to stdout (the whole table is in sweep_summary.md)."""
+    if not rows:
+        return
+    metric = next((r["metric"] for r in rows if r["metric"]), "optimized_metric")
+    header, table = _markdown_rows(rows[:count], metric, parameter_columns(rows))
+    shown = f"the best {count} of {len(rows)} jobs" if len(rows) > count else f"all {len(rows)} jobs"
+    print(f"Sweep {sweep_dir}: {shown}, by {metric}\n\n{markdown_table(header, table, numbers=False)}\n", flush=True)
 
 
 def check_search_space(config: DictConfig) -> None:
@@ -171,6 +234,24 @@ def check_search_space(config: DictConfig) -> None:
             )
 
 
+def choose_autoencoder_once(config: DictConfig) -> None:
+    """A stage-2 sweep with `model.ae_ckpt=auto` resolves it here, once, into the sweep directory, where its
+    jobs read it: a stage-1 run finishing mid-sweep cannot give later jobs another autoencoder. When
+    nothing is found, each job reports that itself."""
+    if OmegaConf.select(config, "stage.name") != "multimodal" or \
+            OmegaConf.select(config, "model.ae_ckpt", default=None) not in (None, "", "auto"):
+        return
+    from storyreason.checkpoints import SWEEP_AE_CHOICE, resolve_ae_checkpoint  # torch: only for stage-2 sweeps
+
+    try:
+        chosen = resolve_ae_checkpoint("auto", config.paths.root)
+    except StoryreasonError:
+        return
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_AE_CHOICE).write_text(f"{chosen.resolve()}\n")
+
+
 class SweepSummary(Callback):
     """Hydra callback: checks the search space when a multirun starts, the sweep summary when it ends."""
 
@@ -180,12 +261,14 @@ class SweepSummary(Callback):
         except ConfigError as err:
             print(f"ConfigError: {err}", file=sys.stderr)
             sys.exit(2)
+        choose_autoencoder_once(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
+        print_best(sweep_dir, rows)
         failed = [r["job"] for r in rows if r["status"] != "done"]
         log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
         if failed:

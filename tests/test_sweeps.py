@@ -43,7 +43,8 @@ def test_multirun_through_submitit_writes_a_directory_per_job_and_a_summary_of_b
     assert [r["job"] for r in rows] == ["0", "1"]
     assert [r["overrides"] for r in rows] == ["model.lr=0.002", "model.lr=-1"]
     markdown = (sweep_with_bad_job / "sweep_summary.md").read_text()
-    assert "model.lr=0.002" in markdown and "model.lr=-1" in markdown
+    assert "| rank | job | status | model.lr | val/l1 |" in markdown
+    assert "| 1 | 0 | done | 0.002 |" in markdown and "| 2 | 1 | failed | -1 | - |" in markdown
 
 
 def test_a_failing_job_is_recorded_and_the_other_finishes(sweep_with_bad_job: Path) -> None:

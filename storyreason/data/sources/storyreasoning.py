@@ -10,16 +10,21 @@ once into the frame cache, never through `datasets`' own PIL decoding.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+except ImportError:  # the optional extra is not installed: StoryReasoning() and write_parquet() say how to get it
+    pa = pc = pq = None
 
+from storyreason.errors import ConfigError
 from storyreason.data.cache import file_fingerprint
 from storyreason.data.captions import frame_captions
 from storyreason.data.errors import DataError, StoryProblems, existing_folder
@@ -33,32 +38,36 @@ HUB_NAME = "daniel3303/StoryReasoning"
 REQUIRED_COLUMNS = ("story_id", "images", "story")
 HF_SPLITS = ("train", "test")
 LOCAL_FORMS = "a StoryReasoning snapshot (data/*.parquet), a folder of train-*/test-*.parquet or a save_to_disk folder"
-IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-# the published parquet schema, with the `datasets` features it declares
-PARQUET_SCHEMA = pa.schema(
-    [
-        ("story_id", pa.string()),
-        ("images", pa.list_(IMAGE_STRUCT)),
-        ("frame_count", pa.int32()),
-        ("chain_of_thought", pa.string()),
-        ("story", pa.string()),
-    ],
-    metadata={
-        "huggingface": json.dumps(
-            {
-                "info": {
-                    "features": {
-                        "story_id": {"dtype": "string", "_type": "Value"},
-                        "images": {"feature": {"_type": "Image"}, "_type": "Sequence"},
-                        "frame_count": {"dtype": "int32", "_type": "Value"},
-                        "chain_of_thought": {"dtype": "string", "_type": "Value"},
-                        "story": {"dtype": "string", "_type": "Value"},
-                    }
-                }
-            }
+COLUMNS = ("story_id", "images", "frame_count", "chain_of_thought", "story")  # the published parquet schema
+EXTRA_PACKAGES = ("datasets", "pyarrow")  # pyproject's `storyreasoning` extra, outside the core install
+
+
+def require_extra() -> None:
+    """Raise a one-line ConfigError naming the install command when the `storyreasoning` extra is missing."""
+    missing = [name for name in EXTRA_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing or pa is None:
+        raise ConfigError(
+            f"data=storyreasoning needs {' and '.join(missing or ['pyarrow'])}, which the core install leaves out: "
+            "pip install -e '.[storyreasoning]'"
         )
-    },
-)
+
+
+def image_struct() -> pa.DataType:
+    """An encoded image as `datasets` stores it: its bytes and its file name."""
+    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def parquet_schema() -> pa.Schema:
+    """The published parquet schema, with the `datasets` features it declares."""
+    features = {
+        "story_id": {"dtype": "string", "_type": "Value"},
+        "images": {"feature": {"_type": "Image"}, "_type": "Sequence"},
+        "frame_count": {"dtype": "int32", "_type": "Value"},
+        "chain_of_thought": {"dtype": "string", "_type": "Value"},
+        "story": {"dtype": "string", "_type": "Value"},
+    }
+    types = [pa.string(), pa.list_(image_struct()), pa.int32(), pa.string(), pa.string()]
+    return pa.schema(list(zip(COLUMNS, types)), metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
 class StoryReasoning:
@@ -113,6 +122,7 @@ class StoryReasoning:
 
     def load(self) -> dict[str, StorySplit]:
         """Read the HF splits, caption every frame, split val off train by story and decode all frames once."""
+        require_extra()  # here, not at construction: a run whose frames are cached needs neither package
         tables = self._open()
         train_ids = tables["train"]["story_id"].to_pylist()
         for split, table in tables.items():
@@ -158,12 +168,12 @@ class StoryReasoning:
             if missing:
                 raise DataError(
                     f"storyreasoning: the {split} split of {self._where} lacks column(s) {missing} "
-                    f"(has {table.column_names}); expected {list(PARQUET_SCHEMA.names)}"
+                    f"(has {table.column_names}); expected {list(COLUMNS)}"
                 )
             if not _is_image_list(table.schema.field("images").type):
                 raise DataError(
                     f"storyreasoning: column 'images' of the {split} split of {self._where} is "
-                    f"{table.schema.field('images').type}, expected a list of {IMAGE_STRUCT}"
+                    f"{table.schema.field('images').type}, expected a list of {image_struct()}"
                 )
             if table.num_rows == 0:
                 raise DataError(f"storyreasoning: the {split} split of {self._where} is empty")
@@ -218,7 +228,8 @@ def write_parquet(rows: list[dict], path: str | Path) -> None:
 
     Each row: story_id, images (list of {"bytes", "path"}), frame_count, chain_of_thought, story.
     """
-    pq.write_table(pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA), path)
+    require_extra()
+    pq.write_table(pa.Table.from_pylist(rows, schema=parquet_schema()), path)
 
 
 def _is_image_list(kind: pa.DataType) -> bool:
@@ -244,7 +255,7 @@ def _check_parquet_files(folder: Path) -> None:
             raise DataError(f"storyreasoning: {file} is not a readable parquet file: {_describe(err)}") from None
         missing = [c for c in REQUIRED_COLUMNS if c not in metadata.schema.to_arrow_schema().names]
         if missing:
-            raise DataError(f"storyreasoning: {file} lacks column(s) {missing}; expected {list(PARQUET_SCHEMA.names)}")
+            raise DataError(f"storyreasoning: {file} lacks column(s) {missing}; expected {list(COLUMNS)}")
         if metadata.num_rows == 0:
             raise DataError(f"storyreasoning: {file} holds no stories (empty dataset)")
 
