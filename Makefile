@@ -42,5 +42,9 @@ bench: install
 bench-real: install  # ARGS='--train 300 --test 60' for a smaller stand-in, '--keep' to reuse finished steps
 	$(PY) benchmarks/bench_real.py $(ARGS)
 
+.PHONY: bench-cli
+bench-cli: install  # wall time of `train.py --help`, `--cfg job` and a tab completion (docs/console.md)
+	$(PY) benchmarks/cli_time.py $(ARGS)
+
 clean:
 	rm -rf outputs/pretrain_ae outputs/multimodal outputs/multirun outputs/cache outputs/demo

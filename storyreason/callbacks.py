@@ -1,10 +1,11 @@
 """Lightning callbacks and plugins: sample grids and captions for TensorBoard, W&B or MLflow and the run's
 samples/ folder; checkpoints that a kill never leaves half-written; last.ckpt kept current, and a clean stop
 on Ctrl-C or SIGTERM (storyreason/resume.py continues such a run); a watch on validation for a run that
-diverges without a NaN."""
+diverges without a NaN; the console's progress bars and model summary."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,8 +20,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import make_grid, save_image
 
 from storyreason.errors import ConfigError
@@ -65,6 +69,8 @@ class SampleLogger(L.Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:  # debug=fdr saves nothing, like Lightning's own loggers and checkpoints
+            return
         out = Path(trainer.default_root_dir) / self.out_dir
         out.mkdir(parents=True, exist_ok=True)
         all_lines = []
@@ -196,7 +202,7 @@ class LastCheckpoint(L.Callback):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         n = self.every_n_train_steps
-        if signalled or (n and trainer.global_step % n == 0):
+        if (signalled or (n and trainer.global_step % n == 0)) and not trainer.fast_dev_run:
             trainer.save_checkpoint(self.last, weights_only=False)
         self._stopping = signalled
 
@@ -206,7 +212,8 @@ class LastCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._signalled(trainer):
-            trainer.save_checkpoint(self.last, weights_only=False)
+            if not trainer.fast_dev_run:
+                trainer.save_checkpoint(self.last, weights_only=False)
             self._stop(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -270,3 +277,46 @@ class DivergenceMonitor(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
         self.above, self.diverged = state_dict["above"], state_dict["diverged"]
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars, written to stderr (Lightning writes them to stdout), so that
+    `python train.py ... > results.txt` captures the result tables alone."""
+
+    def init_sanity_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):  # the bar takes `file=sys.stdout` as it is created
+            return super().init_sanity_tqdm()
+
+    def init_train_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_train_tqdm()
+
+    def init_validation_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_validation_tqdm()
+
+    def init_test_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_test_tqdm()
+
+    def init_predict_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().init_predict_tqdm()
+
+
+class ModelSummary(LightningModelSummary):
+    """Lightning's model summary without its FLOPs column and total when it counted none: it counts them
+    only for a module with an `example_input_array`, and ours have none, so every row would read 0."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  **summarize_kwargs: Any) -> None:
+        if total_flops:
+            LightningModelSummary.summarize(summary_data, total_parameters, trainable_parameters, model_size,
+                                            total_training_modes, total_flops, **summarize_kwargs)
+            return
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *columns)
+        log.info("\n%s", table.rpartition("\n")[0])  # its last line is the "0 Total Flops"

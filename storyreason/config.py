@@ -261,6 +261,28 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
+# groups selected for the user by other choices: recipe/<experiment> by experiment=, ablation= by `make ablations`
+INNER_GROUPS = ("recipe", "ablation")
+
+
+def group_options(conf: Path, group: str) -> list[str]:
+    """The options of config group `group` (a folder under `conf`), without files of shared keys (`_common`)."""
+    return sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def groups_help(conf: Path) -> str:
+    """`group: option, option` lines for `--help`: the groups a user selects, not Hydra's own (`--hydra-help`)
+    nor the `INNER_GROUPS` that other choices select."""
+    lines = []
+    for folder in sorted(d for d in conf.rglob("*") if d.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        if group.split("/")[0] in ("hydra", *INNER_GROUPS):
+            continue
+        if options := group_options(conf, group):
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
     """Raise ConfigError for a `group=option` override whose option conf/<group>/ does not hold.
 
@@ -273,7 +295,7 @@ def check_group_choices(overrides: Sequence[str], conf: Path) -> None:
             continue
         if value in ("", "null") or "(" in value:  # a removed group, or a sweep function such as choice(...)
             continue
-        options = sorted(p.stem for p in (conf / group).glob("*.yaml") if not p.stem.startswith("_"))  # _common: shared keys
+        options = group_options(conf, group)
         for option in value.split(","):
             if option not in options:
                 raise ConfigError(f"{group}={option}: no such option; choose one of {', '.join(options)} (conf/{group}/)")

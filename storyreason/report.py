@@ -88,9 +88,11 @@ def print_table(metrics: dict[str, float], split: str = "test", title: str = "")
     """Print the table with rich."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     header, rows = results_table(metrics, split)
-    table = Table(title=title or f"{split} split")
+    # a title wider than the table (a run's path) stays on one line, where rich would wrap it to the table's width
+    table = Table(title=Text(title or f"{split} split", no_wrap=True, overflow="ignore"))
     table.add_column(header[0], no_wrap=True)
     for h in header[1:]:  # predictor names wrap at their underscores in a narrow terminal
         table.add_column(h.replace("_", " "), justify="right")

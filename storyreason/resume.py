@@ -15,11 +15,9 @@ import logging
 import pickle
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from storyreason.callbacks import AtomicCheckpointIO
 from storyreason.config import leaves
 from storyreason.errors import CheckpointError
 from storyreason.rundir import RunDir, latest_unfinished_run
@@ -126,6 +124,8 @@ def _purge_tensorboard_after(cfg: DictConfig, step: int) -> None:
 
 def _global_step(path: Path) -> int:
     """The training step a checkpoint was written at (read without loading its tensors)."""
+    import torch  # here: train.py registers this module's resolvers before composing, without torch
+
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except (pickle.UnpicklingError, RuntimeError, OSError, KeyError) as err:
@@ -134,6 +134,8 @@ def _global_step(path: Path) -> int:
 
 def resume_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     """For `resume=...`: the run's own config (see continued_config) and its last.ckpt; else `cfg, None`."""
+    from storyreason.callbacks import AtomicCheckpointIO  # Lightning: imported once a stage runs
+
     if cfg.get("resume") in (None, ""):
         return cfg, None
     run = RunDir(Path(cfg.paths.output_dir).resolve())

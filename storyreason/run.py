@@ -134,7 +134,8 @@ def train(cfg: DictConfig) -> float | None:
     keep_one_batch(cfg.trainer, datamodule)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
-    if trainer.is_global_zero and datamodule.tokenizer is not None:
+    keep = trainer.is_global_zero and not trainer.fast_dev_run  # debug=fdr: a check that saves nothing
+    if keep and datamodule.tokenizer is not None:
         datamodule.tokenizer.save(out.tokenizer)
     # read before the best checkpoint is evaluated: loading it restores the callbacks' state of that time
     divergence = [c.summary() for c in trainer.callbacks if isinstance(c, DivergenceMonitor)]
@@ -142,10 +143,12 @@ def train(cfg: DictConfig) -> float | None:
     for summary in divergence:
         metrics |= summary
     metrics |= {f"data/{k}": float(v) for k, v in datamodule.text_stats.items()}
-    if trainer.is_global_zero:
+    if keep:
         write_json_atomic(out.metrics, metrics)
         log_hparams(trainer, cfg, metrics)
+    if trainer.is_global_zero:
         print_table(metrics, "test", title=f"{cfg.stage.name}: test split ({out.path})")
+    if keep:
         log.info("metrics: %s", out.metrics)
     return metrics.get(cfg.optimized_metric)
 

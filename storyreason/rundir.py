@@ -21,7 +21,6 @@ from typing import ClassVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from storyreason.errors import CheckpointError
@@ -206,12 +205,15 @@ _BEFORE_FIRST_STEP = (RunDir.HYDRA, RunDir.LOG, RunDir.TOKENIZER, "skipped_stori
 
 def discard_unstarted_run(cfg: DictConfig) -> bool:
     """Remove the run directory of a run that failed before doing anything (a config, checkpoint or data
-    error, a crash before the first step), so it is not left with only .hydra/ and train.log.
+    error, a crash before the first step), so it is not left with only .hydra/ and train.log; train.py also
+    calls it after a `debug=fdr` run, which saves nothing else.
 
     Never a resumed run (its directory is older than this command), a sweep job (its directory
     records the failure for the sweep summary), or one that holds anything else: checkpoints,
     TensorBoard events, metrics, predictions. Rank 0 only. True when the directory was removed.
     """
+    from lightning.pytorch.utilities import rank_zero_only  # here: train.py composes configs without Lightning
+
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN or rank_zero_only.rank != 0:
         return False
     if cfg.get("resume") not in (None, ""):
