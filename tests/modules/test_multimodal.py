@@ -214,36 +214,42 @@ def checkpoint_and_test_batches(story_run: Path, root: Path) -> tuple[Multimodal
 
 def test_baselines_are_their_hand_computations_on_the_test_split(story_run: Path, tmp_path: Path) -> None:
     """copy_last_frame is the last context frame, mean_context the mean of the context frames, ae_ceiling
-    the autoencoder's reconstruction of the target, copy_last_caption the last context caption's ids
-    (accuracy over the reference's non-padding tokens): each computed here over the whole test split."""
+    the autoencoder's reconstruction of the target, oracle_frame the autoencoder's reconstruction of the
+    world's oracle frame, copy_last_caption and oracle_caption the last context caption's and the oracle
+    caption's ids (accuracy over the reference's non-padding tokens): each computed here over the whole
+    test split, where some oracles differ from their targets."""
     import json
 
     from storyreason.data.tokenizer import PAD_ID
 
     module, batches = checkpoint_and_test_batches(story_run, tmp_path)
-    sums = {"copy_last_frame": [0.0, 0.0], "mean_context": [0.0, 0.0], "ae_ceiling": [0.0, 0.0]}  # L1, MSE sums
-    pixels = right = tokens = 0
+    sums = {name: [0.0, 0.0] for name in ("copy_last_frame", "mean_context", "ae_ceiling", "oracle_frame")}  # L1, MSE
+    pixels = right = tokens = oracle_right = 0
     with torch.no_grad():
         for batch in batches:
             context = batch["context_frames"].double() / 255  # (B, K, 3, H, W)
             target = batch["target_frame"].double() / 255  # (B, 3, H, W)
             reconstruction = module.autoencoder(target.float()).double().clamp(0, 1)
+            oracle = module.autoencoder((batch["oracle_frame"].double() / 255).float()).double().clamp(0, 1)
             for name, image in (("copy_last_frame", context[:, -1]), ("mean_context", context.mean(dim=1)),
-                                ("ae_ceiling", reconstruction)):
+                                ("ae_ceiling", reconstruction), ("oracle_frame", oracle)):
                 sums[name][0] += (image - target).abs().sum().item()
                 sums[name][1] += ((image - target) ** 2).sum().item()
             pixels += target.numel()
             reference, last = batch["target_caption"], batch["context_captions"][:, -1]  # (B, L) each
             counted = reference != PAD_ID
             right += ((last == reference) & counted).sum().item()
+            oracle_right += ((batch["oracle_caption"] == reference) & counted).sum().item()
             tokens += counted.sum().item()
-    assert 0 < right < tokens  # neither perfect nor useless: a wrong count shows
+    assert 0 < right < tokens and right < oracle_right < tokens  # none perfect, none useless: a wrong count shows
     metrics = json.loads((story_run / "metrics.json").read_text())
     for name, (l1, mse) in sums.items():
         prefix = "test/ae_ceiling" if name == "ae_ceiling" else f"test/baseline/{name}"
+        assert name != "oracle_frame" or l1 > sums["ae_ceiling"][0], "the oracle frames are the targets"
         assert metrics[f"{prefix}/image_l1"] == pytest.approx(l1 / pixels, rel=1e-5), name
         assert metrics[f"{prefix}/image_mse"] == pytest.approx(mse / pixels, rel=1e-5), name
     assert metrics["test/baseline/copy_last_caption/gen_token_acc"] == pytest.approx(right / tokens, rel=1e-6)
+    assert metrics["test/baseline/oracle_caption/gen_token_acc"] == pytest.approx(oracle_right / tokens, rel=1e-6)
 
 
 def test_loss_is_the_weighted_sum_of_caption_ce_image_l1_and_latent_mse(story_run: Path, tmp_path: Path) -> None:
