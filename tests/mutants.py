@@ -94,7 +94,7 @@ MUTANTS = [
     Mutant("a config error exits 1", "train.py",
            '        print(f"ConfigError: {err}", file=sys.stderr)\n        sys.exit(2)',
            '        print(f"ConfigError: {err}", file=sys.stderr)\n        sys.exit(1)',
-           ("tests/test_config.py::test_train_py_refuses_in_one_line_with_exit_2_andleaves_nothing[overrides3-stage=foo: "
+           ("tests/test_config.py::test_train_py_refuses_in_one_line_with_exit_2_andleaves_nothing[overrides1-stage=foo: "
             "no such option; choose one of evaluate, multimodal, predict, pretrain_ae]",)),
     Mutant("a cache entry trusted when half-written", "storyreason/data/cache.py",
            "return (cache_path(source, cache_dir) / _META).is_file()",
