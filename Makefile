@@ -27,11 +27,13 @@ docs: install  # maintainers: docs/demo/ and the README's results block from the
 ablations: install  # ARGS='KEY=VALUE ...' for both stages, 'multimodal:KEY=VALUE' for one; writes docs/ablations.md (~40 min on 2 CPU cores)
 	$(PY) -m storyreason.ablations $(ARGS)
 
+# one pytest-xdist worker per core, each on one torch thread; a file's module-scoped runs stay on one worker
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadgroup
 
 mutants: install  # contributors: each hand-written mutant in tests/mutants.py must fail its tests (docs/testing.md)
 	$(PY) -m tests.mutants

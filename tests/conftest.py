@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,9 @@ from storyreason.config import null_groups_removed
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
-# One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process made a
-# tiny stage-2 run 15x slower (70 s instead of 5 s); one thread also keeps the results bit-stable.
+# One intra-op thread per process: `make test` runs one pytest-xdist worker per core, and two spinning
+# OpenMP threads per process on a shared machine slow a tiny run many times over (docs/testing.md); one
+# thread also keeps the results bit-stable, so every worker's runs are the same.
 torch.set_num_threads(1)
 
 TINY = [
@@ -40,6 +44,15 @@ TINY_STORY = [
     "model.story.heads=2",
     "model.story.latent_hidden=8",
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`), the tests of a file that share a module-scoped
+    fixture (a training run, a sweep) run on one worker, so that fixture is built once, not once per worker."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def compose_config(root: Path, stage: str, overrides: list[str] = (), run_name: str | None = None) -> DictConfig:
@@ -70,24 +83,45 @@ def read_metrics(cfg: DictConfig) -> dict[str, float]:
     return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` run once per test session, also under pytest-xdist: the first worker to ask builds it
+    under a file lock in the folder all workers share, the others wait for it and reuse it (read-only)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # a worker's own is <shared>/<its name>
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way left it
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def ae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny stage-1 run (root folder), shared by the stage-2 tests."""
     from storyreason.run import train
 
-    root = tmp_path_factory.mktemp("runs")
-    train(compose_config(root, "pretrain_ae"))
-    return root
+    def build(root: Path) -> Path:
+        train(compose_config(root, "pretrain_ae"))
+        return root
+
+    return built_once(tmp_path_factory, "runs", build)
 
 
 @pytest.fixture(scope="session")
-def story_run(ae_run: Path) -> Path:
+def story_run(ae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny stage-2 run (its run directory) over `ae_run`'s autoencoder, found by model.ae_ckpt=auto."""
     from storyreason.run import train
 
-    cfg = compose_config(ae_run, "multimodal", run_name="story")
-    train(cfg)
-    return Path(cfg.paths.output_dir)
+    def build(_: Path) -> Path:
+        cfg = compose_config(ae_run, "multimodal", run_name="story")
+        train(cfg)
+        return Path(cfg.paths.output_dir)
+
+    return built_once(tmp_path_factory, "story", build)
 
 
 def scalars(run_dir: Path, tag: str) -> list[float]:

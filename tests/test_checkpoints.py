@@ -120,11 +120,18 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path: Path, kind: str) -> Non
 
 @pytest.mark.parametrize("stage", ["evaluate", "predict", "multimodal"])
 def test_a_random_file_as_checkpoint_exits_2_in_one_line(tmp_path: Path, stage: str) -> None:
+    """Through train.py for evaluate (exit 2, stderr, no run directory left); in this process for the others."""
     from tests.commands import output, train_py
+    from tests.test_errors import refused_in_process
 
     path = _not_a_checkpoint(tmp_path, "random bytes")
     given = [f"model.ae_ckpt={path}"] if stage == "multimodal" else [f"ckpt_path={path}", f"predict.input={tmp_path}"]
-    result = train_py(tmp_path / "runs", *given[: 1 if stage == "evaluate" else 2], stage=stage)
+    given = given[: 1 if stage == "evaluate" else 2]
+    if stage != "evaluate":
+        error = refused_in_process(tmp_path / "runs", stage, given)
+        assert f"{path} is not a checkpoint" in str(error)
+        return
+    result = train_py(tmp_path / "runs", *given, stage=stage)
     assert result.returncode == 2, output(result)
     assert f"{path} is not a checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("train.log"))

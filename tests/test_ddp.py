@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -67,12 +66,24 @@ def test_other_ranks_wait_for_rank_0_to_build_the_data_cache(tmp_path: Path, mon
     with pytest.raises(TimeoutError, match="rank 0"):
         prepare_data_once(datamodule, poll_s=0.01, timeout_s=0.05)
 
+    import storyreason.distributed
+
+    answers: list[bool] = []
+    waiting = threading.Event()
+
+    def asked(*args) -> bool:  # rank 1's look at the cache; rank 0 starts building once it has found none
+        answers.append(is_cached(*args))
+        waiting.set()
+        return answers[-1]
+
     def rank_0() -> None:
-        time.sleep(0.2)
+        waiting.wait(timeout=60)
         datamodule.prepare_data()
 
+    monkeypatch.setattr(storyreason.distributed, "is_cached", asked)
     builder = threading.Thread(target=rank_0)
     builder.start()
     prepare_data_once(datamodule, poll_s=0.01)
-    assert is_cached(datamodule.source, datamodule.cache_dir)
     builder.join()
+    assert answers[0] is False and answers[-1] is True, "rank 1 did not wait for rank 0's build"
+    assert is_cached(datamodule.source, datamodule.cache_dir)

@@ -106,13 +106,30 @@ def test_captions_tsv_references_are_the_data_captions_whole(story_run: Path, ev
         assert row["copy_last_caption"] == test.captions[frame - 1]
 
 
-def test_beam_search_changes_only_the_generated_caption_metrics(story_run: Path, tmp_path: Path) -> None:
+def generated_captions(run_dir: Path) -> list[str]:
+    """The `generated` column of an evaluation's captions.tsv, in window order."""
+    with open(run_dir / "captions.tsv", newline="") as f:
+        return [row["generated"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def test_beam_search_changes_only_the_generated_caption_metrics(story_run: Path, evaluated: Path, tmp_path: Path) -> None:
+    """eval.beam_size=3 writes the captions a beam of 3 decodes from the checkpoint, which on this run differ
+    from greedy's somewhere; the frame, teacher-forced and baseline metrics stay those of greedy decoding."""
+    from tests.modules.test_multimodal import checkpoint_and_test_batches
+
     overrides = [f"ckpt_path={story_run}", "eval.beam_size=3", "eval.num_stories=1"]
     out = evaluate_run(tmp_path, story_run.parents[1], "beam", overrides)
     greedy, beam = split_metrics(story_run, "test"), split_metrics(out, "test")
     assert sorted(beam) == sorted(greedy)
     for key in ("test/image_l1", "test/token_acc", "test/perplexity", "test/baseline/copy_last_caption/bleu"):
         assert math.isclose(beam[key], greedy[key], **CLOSE)
+
+    module, batches = checkpoint_and_test_batches(story_run, tmp_path / "direct")
+    module.decoding = {"beam_size": 3}
+    with torch.no_grad():
+        by_beam = [caption for batch in batches for caption in module(batch, "test").captions]
+    assert generated_captions(out) == by_beam
+    assert by_beam != generated_captions(evaluated), "beam and greedy agree everywhere: this run cannot tell them apart"
 
 
 def test_unknown_split_is_refused(story_run: Path, tmp_path: Path) -> None:

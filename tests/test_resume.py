@@ -109,6 +109,25 @@ def test_sigterm_finishes_the_step_saves_and_prints_the_resume_command(
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
 
 
+def test_a_run_stopped_in_an_epochs_last_step_resumes_from_the_epoch_end_last_ckpt(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
+    """SIGTERM in the last step of the first epoch: the epoch's validation runs, last.ckpt is saved at the epoch's
+    end (step 9, epoch 0 done, before ModelCheckpoint's own epoch-end save), and resuming from it ends with the uninterrupted run's metrics and loss curve."""
+    given = [*TWO_EPOCHS, *signal_at(9, "SIGTERM", tmp_path / "sent")]
+    with pytest.raises(RunInterrupted):
+        train(compose_config(tmp_path, "pretrain_ae", given))
+    run = the_run(tmp_path)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (saved["global_step"], saved["epoch"]) == (9, 0)
+    assert saved["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 9
+    assert not (run / "metrics.json").exists()
+    train(compose_config(tmp_path, "pretrain_ae", [*given, f"resume={run}"]))
+    assert the_run(tmp_path) == run
+    assert metrics(run) == metrics(uninterrupted)
+    assert scalars(run, "train/loss_step") == scalars(uninterrupted, "train/loss_step")
+
+
 class ReseedGlobalRngs(L.Callback):
     """Sets the global torch, NumPy and Python RNGs to `seed` when training starts, where a resumed run
     finds them as `seed_everything` and building the model left them, not as the interrupted run had them."""

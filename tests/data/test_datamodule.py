@@ -70,8 +70,41 @@ def test_target_differs_from_the_last_context_frame(windows: StoryDataModule) ->
     assert ((last - target).abs().flatten(1).amax(dim=1) > 0).all()
 
 
-def test_tokenizer_is_built_on_the_train_split(windows: StoryDataModule) -> None:
-    assert windows.tokenizer.vocab == CaptionTokenizer.fit(windows.splits["train"].captions).vocab
+def own_word_stories(root: Path, caption_len: int, caplog: pytest.LogCaptureFixture) -> StoryDataModule:
+    """A story folder whose story s says `w<s>` in every caption, followed by k times `x` in its frame k
+    (k = 1..6), so each word of a story is its own; set up with data.max_caption_len=`caption_len`."""
+    from storyreason.data.sources.folder import StoryFolder
+    from tests.data.conftest import write_story_folder
+
+    write_story_folder(root / "stories", stories=10)
+    for s in range(10):
+        for old in (root / "stories" / "captions").glob(f"story{s}.*"):
+            old.unlink()
+        (root / "stories" / "captions" / f"story{s}.txt").write_text("".join(f"w{s}" + " x" * k + "\n" for k in range(1, 7)))
+    source = StoryFolder(path=str(root / "stories"), val_fraction=0.2, test_fraction=0.2, decode_workers=1)
+    dm = StoryDataModule(source, context=2, max_caption_len=caption_len, cache_dir=str(root / "cache"))
+    dm.prepare_data()
+    with caplog.at_level("INFO", logger="storyreason.data.datamodule"):
+        dm.setup("fit")
+        dm.setup("test")
+    return dm
+
+
+def test_tokenizer_is_built_on_the_train_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only train stories' words are in the vocabulary; a val or test story's own word is <unk> there, and
+    each split's <unk> rate and truncated share are those counts: of the 27 tokens of a story (without
+    <eos>) its 6 `w<s>`, and of its 6 captions (k + 1 tokens and <eos>) the 2 longer than 6 tokens."""
+    dm = own_word_stories(tmp_path, 6, caplog)
+    own = {split: {f"w{sid.removeprefix('story')}" for sid in dm.splits[split].story_ids} for split in SPLITS}
+    assert own["train"] <= set(dm.tokenizer.vocab) and not (own["val"] | own["test"]) & set(dm.tokenizer.vocab)
+    assert dm.tokenizer.vocab == CaptionTokenizer.fit(dm.splits["train"].captions).vocab
+    stats = dm.text_stats
+    assert stats["train_unk_rate"] == 0 and stats["val_unk_rate"] == pytest.approx(6 / 27) == stats["test_unk_rate"]
+    for split in SPLITS:
+        assert stats[f"{split}_truncated_share"] == pytest.approx(2 / 6), split
+    stories = len(dm.splits["train"].story_ids)
+    assert f"train: 33.3% of {6 * stories} captions truncated to data.max_caption_len=6 tokens; 0.00% of tokens <unk>" in caplog.text
+    assert "val: 33.3% of 12 captions truncated to data.max_caption_len=6 tokens; 22.22% of tokens <unk>" in caplog.text
 
 
 def test_a_given_tokenizer_is_used_instead_of_a_new_one(windows: StoryDataModule, tmp_path: Path) -> None:

@@ -65,6 +65,23 @@ def test_changed_caption_file_is_a_new_key(story_folder: Path, tmp_path: Path) -
     assert cache_path(source(story_folder), tmp_path) != before
 
 
+def test_a_changed_image_or_setting_is_a_new_key(story_folder: Path, tmp_path: Path) -> None:
+    before = cache_path(source(story_folder), tmp_path)
+    frame = story_folder / "images" / "story3" / "frame2.png"
+    keys = {cache_path(source(story_folder, **change), tmp_path) for change in
+            ({"resize": "pad"}, {"val_fraction": 0.3}, {"test_fraction": 0.3}, {"seed": 7})}
+    assert before not in keys and len(keys) == 4
+    frame.write_bytes(encode_image((50, 40), (1, 2, 3), "PNG"))
+    assert cache_path(source(story_folder), tmp_path) != before
+
+
+def test_val_and_test_fractions_are_each_their_own(story_folder: Path, tmp_path: Path) -> None:
+    splits = build(story_folder, tmp_path, val_fraction=0.1, test_fraction=0.3)
+    assert [len(splits[s].story_ids) for s in ("train", "val", "test")] == [6, 1, 3]
+    splits = build(story_folder, tmp_path, val_fraction=0.3, test_fraction=0.1)
+    assert [len(splits[s].story_ids) for s in ("train", "val", "test")] == [6, 3, 1]
+
+
 def test_missing_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.path .*nowhere does not exist"):
         build(tmp_path / "nowhere", tmp_path)

@@ -32,6 +32,33 @@ def test_squash_stretches_to_the_square() -> None:
     assert frame[1, :, :3].min() > 200 and frame[1, :, 5:].max() < 40  # a white third, no bars
 
 
+def tall(fmt: str = "PNG") -> bytes:
+    """40x120 (w, h): white left third (x < 13), red elsewhere; rows differ only in their colour band."""
+    return encode_image((40, 120), RED, fmt)
+
+
+def test_center_crop_of_a_tall_image_keeps_the_middle_rows_at_full_width() -> None:
+    frame = decode_frame(tall(), 12, "center_crop")  # the middle 40x40 square, scaled to 12x12
+    assert frame[1, :, :3].min() > 200 and frame[1, :, 5:].max() < 40  # the white third across every row
+
+
+def test_pad_of_a_tall_image_puts_the_bars_left_and_right() -> None:
+    frame = decode_frame(tall(), 12, "pad")  # scaled to 4x12, columns 4..7
+    assert frame[:, :, :4].max() == 0 and frame[:, :, 8:].max() == 0
+    assert frame[1, :, 4].min() > 200 and frame[0, :, 7].min() > 170 and frame[1, :, 7].max() < 40
+
+
+def test_squash_of_a_tall_image_keeps_no_bars() -> None:
+    frame = decode_frame(tall(), 12, "squash")
+    assert frame[1, :, :3].min() > 200 and frame[0, :, 5:].min() > 170  # the whole image, stretched sideways
+
+
+def test_the_three_policies_give_three_frames_of_a_wide_image() -> None:
+    """(Of the tall one, whose rows are alike, the middle square and the squashed whole are the same frame.)"""
+    frames = [decode_frame(encode_image((120, 40), RED, "PNG"), 12, p).tobytes() for p in ("center_crop", "pad", "squash")]
+    assert len(set(frames)) == 3
+
+
 def test_grey_and_transparent_images_become_rgb() -> None:
     from io import BytesIO
 
