@@ -112,12 +112,18 @@ class MemoryAttention(nn.Module):
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, T, H / heads)
 
     def forward(self, x: torch.Tensor, projected: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """x (B, T, H) queries, projected (B, M, 2H) from `project`, pad (B, M) True = ignore -> (B, T, H)."""
+        """x (B, T, H) queries, projected (B', M, 2H) from `project`, pad (B', M) True = ignore -> (B, T, H).
+
+        B = g * B': rows g*i .. g*i + g - 1 of x read memory i (a beam's hypotheses share their story's),
+        as g queries more of one call instead of g copies of the memory.
+        """
+        b, t, _ = x.shape
+        x = x.reshape(len(projected), -1, x.shape[-1])  # (B', g*T, H)
         keys, values = projected.chunk(2, dim=-1)
         read = F.scaled_dot_product_attention(
             self._split(self.query(x)), self._split(keys), self._split(values), attn_mask=~pad[:, None, None, :]
         )
-        return self.out(read.transpose(1, 2).flatten(2))
+        return self.out(read.transpose(1, 2).flatten(2)).view(b, t, -1)
 
 
 class CaptionDecoder(nn.Module):
@@ -174,7 +180,8 @@ class CaptionDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, T) starting at position `start` -> logits (B, T, V), GRU hidden (1, B, H).
 
-        Position t sees only inputs[:, :t + 1] (the GRU is causal; the memory is the context caption).
+        state (B, S); memory (B', M, 2H) and memory_pad (B', M) with B = g * B': g consecutive rows share
+        a memory row (`MemoryAttention`). Position t sees only inputs[:, :t + 1] (the GRU is causal; the memory is the context caption).
         """
         steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
         x = self.embed(inputs) + self.position(steps)[None]
