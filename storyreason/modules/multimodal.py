@@ -80,6 +80,8 @@ class MultimodalStoryModule(StageModule):
         min_lr_ratio: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
+        val_caption_windows: int | None = None,
+        val_caption_every_n_epochs: int = 1,
         stage: str = "multimodal",
     ) -> None:
         super().__init__()
@@ -106,6 +108,7 @@ class MultimodalStoryModule(StageModule):
         self._baselines: dict[str, dict[str, torch.Tensor]] = {}  # split -> the baselines' values, once per run
         self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
         self._caption_seconds = 0.0  # spent scoring captions (text metrics) in the current val/test pass
+        self._val_windows_generated = 0  # windows of the current validation given free-running captions
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 
     @staticmethod
@@ -212,8 +215,10 @@ class MultimodalStoryModule(StageModule):
             prediction.captions = self.decode(prediction.caption_ids)
         return prediction
 
-    def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, Prediction]:
-        prediction = self(batch, split, generate=split != "train")
+    def _step(self, batch: Batch, split: str, generate: bool | None = None) -> tuple[torch.Tensor, Prediction]:
+        """Loss and metrics of a batch; captions are generated (`generate`, default: outside training) for
+        the free-running caption metrics."""
+        prediction = self(batch, split, generate=split != "train" if generate is None else generate)
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
         logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
@@ -247,8 +252,10 @@ class MultimodalStoryModule(StageModule):
         m["token_acc"].update(argmax_last(logits).flatten(), reference.flatten())
         m["perplexity"].update(logits, reference, nll=token_nll)
         reference_text = self.reference_text(batch, split)
-        self._score_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
-        scored = ("image", "caption")
+        scored: tuple[str, ...] = ("image",)
+        if prediction.caption_ids is not None:
+            self._score_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
+            scored += ("caption",)
         if split not in self._baselines:  # the weights being trained change none of them
             context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
             update_images(m["copy_last_frame"], context[:, -1], target)
@@ -278,8 +285,23 @@ class MultimodalStoryModule(StageModule):
 
     def on_validation_epoch_start(self) -> None:
         self._caption_seconds = 0.0
+        self._val_windows_generated = 0
 
     on_test_epoch_start = on_validation_epoch_start
+
+    def _val_generates(self, windows: int) -> bool:
+        """Whether this validation batch of `windows` gets free-running captions: in every
+        `val_caption_every_n_epochs`-th epoch and the last, on the first `val_caption_windows` windows of the
+        split (whole batches; the split's order is fixed, so they are the same windows every time)."""
+        every, subset = self.hparams.val_caption_every_n_epochs, self.hparams.val_caption_windows
+        epoch = self.current_epoch
+        last = self._trainer is not None and self.trainer.max_epochs is not None and epoch + 1 >= self.trainer.max_epochs
+        if (epoch + 1) % every and not last:
+            return False
+        if subset is not None and self._val_windows_generated >= subset:
+            return False
+        self._val_windows_generated += windows
+        return True
 
     def on_test_epoch_end(self) -> None:
         log.info("caption metrics (the model's and the caption baselines'): %.1f s of this test pass", self._caption_seconds)
@@ -318,7 +340,8 @@ class MultimodalStoryModule(StageModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Prediction:
-        return self._step(batch, "val")[1]
+        """Teacher-forced metrics on every batch; free-running captions on the fixed subset `_val_generates` picks."""
+        return self._step(batch, "val", generate=self._val_generates(len(batch["target_caption"])))[1]
 
     def test_step(self, batch: Batch, batch_idx: int) -> Prediction:
         """The step's predictions reach `on_test_batch_end` of every callback (evaluate's report reads them)."""
