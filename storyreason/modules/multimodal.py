@@ -221,11 +221,10 @@ class MultimodalStoryModule(StageModule):
         prediction = self(batch, split, generate=split != "train" if generate is None else generate)
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
-        logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
-        token_nll = None
-        if split == "train":
-            ce = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID)
+        if split == "train":  # no (B, L, V) logits: the projection fused with the loss, on the tokens only
+            ce = self.story.caption_loss(prediction.encoding, caption)
         else:  # per token, which perplexity sums too: one log-softmax over (B, L, V) instead of two
+            logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
             token_nll = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID, reduction="none")
             ce = token_nll.sum() / (caption != PAD_ID).sum().clamp(min=1)
         terms = {
