@@ -345,6 +345,12 @@ class StoryModel(nn.Module):
         logits, _ = self.caption(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         return logits
 
+    def token_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
+        """`caption_logits` at target's tokens only (padding skipped): (N, V) for the N = (target != <pad>).sum()
+        tokens, in row order, the rows `target[target != PAD_ID]` names."""
+        features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
+        return self.caption.projection(features[target != PAD_ID])
+
     def caption_loss(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the mean cross-entropy over target's tokens (B, L) (padding ignored), as
         `caption_logits` + `F.cross_entropy(..., ignore_index=PAD_ID)` gives, without the (B, L, V) logits:

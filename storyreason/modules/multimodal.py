@@ -223,10 +223,10 @@ class MultimodalStoryModule(StageModule):
         caption = batch["target_caption"]  # (B, L)
         if split == "train":  # no (B, L, V) logits: the projection fused with the loss, on the tokens only
             ce = self.story.caption_loss(prediction.encoding, caption)
-        else:  # per token, which perplexity sums too: one log-softmax over (B, L, V) instead of two
-            logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
-            token_nll = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID, reduction="none")
-            ce = token_nll.sum() / (caption != PAD_ID).sum().clamp(min=1)
+        else:  # per token, which perplexity sums too: one log-softmax over (N, V) instead of two
+            logits = self.story.token_logits(prediction.encoding, caption).float()  # (N, V) at the N tokens
+            token_nll = F.cross_entropy(logits, caption[caption != PAD_ID], reduction="none")
+            ce = token_nll.sum() / max(len(token_nll), 1)
         terms = {
             "ce": ce,
             "img": F.l1_loss(prediction.image, target),
@@ -248,8 +248,9 @@ class MultimodalStoryModule(StageModule):
         m, bs = self.metrics[split], len(target)
         reference = batch["target_caption"]
         update_images(m["image"], prediction.image, target)
-        m["token_acc"].update(argmax_last(logits).flatten(), reference.flatten())
-        m["perplexity"].update(logits, reference, nll=token_nll)
+        tokens = reference[reference != PAD_ID]  # (N,) the rows of `logits`
+        m["token_acc"].update(argmax_last(logits), tokens)
+        m["perplexity"].update(logits, tokens, nll=token_nll)
         reference_text = self.reference_text(batch, split)
         scored: tuple[str, ...] = ("image",)
         if prediction.caption_ids is not None:

@@ -70,3 +70,16 @@ def test_caption_loss_is_the_cross_entropy_of_caption_logits(decoder: str) -> No
     (loss_a, grads_a), (loss_b, grads_b) = grads
     assert torch.allclose(loss_a, loss_b, atol=1e-6)
     assert len(grads_a) == len(grads_b) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_a, grads_b))
+
+
+def test_token_logits_are_caption_logits_at_the_tokens() -> None:
+    torch.manual_seed(0)
+    model = StoryModel(30, (2, 2, 2), 9, embed_dim=8, text_dim=8, fusion_dim=16, state_dim=16, decoder_dim=16,
+                       heads=2, latent_hidden=4).eval()
+    captions, lengths = torch.randint(4, 30, (6, 3, 9)), torch.full((6, 3), 9)
+    target = torch.randint(4, 30, (6, 9))
+    target[torch.arange(9) >= torch.randint(1, 10, (6, 1))] = PAD_ID
+    with torch.no_grad():
+        enc = model.encode(torch.randn(6, 3, 8), captions, lengths)
+        assert torch.allclose(model.token_logits(enc, target), model.caption_logits(enc, target)[target != PAD_ID],
+                              atol=1e-6)
