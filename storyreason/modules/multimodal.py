@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 from tqdm.auto import tqdm
@@ -290,9 +291,13 @@ class MultimodalStoryModule(StageModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _val_generates(self, windows: int) -> bool:
-        """Whether this validation batch of `windows` gets free-running captions: in every
+        """Whether this validation batch of `windows` gets free-running captions. Inside a fit: in every
         `val_caption_every_n_epochs`-th epoch and the last, on the first `val_caption_windows` windows of the
-        split (whole batches; the split's order is fixed, so they are the same windows every time)."""
+        split (whole batches; the split's order is fixed, so they are the same windows every time). A
+        validation of its own (`Trainer.validate`: stage=evaluate eval.split=val, a run's final metrics)
+        captions every window."""
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return True
         every, subset = self.hparams.val_caption_every_n_epochs, self.hparams.val_caption_windows
         epoch = self.current_epoch
         last = self._trainer is not None and self.trainer.max_epochs is not None and epoch + 1 >= self.trainer.max_epochs

@@ -314,7 +314,7 @@ class CaptionedWindows(L.Callback):
 def test_validation_captions_a_fixed_subset_and_the_test_pass_every_window(ae_run: Path, tmp_path: Path) -> None:
     """model.val_caption_windows=5 with batches of 4: the first two batches (8 windows) get generated captions,
     the same 8 in every validation, while the loss and teacher-forced metrics see every window; the test pass
-    (as stage=evaluate runs it) captions the whole split."""
+    and a validation outside a fit (as stage=evaluate runs them) caption the whole split."""
     record = CaptionedWindows()
     cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}", "data.eval_batch_size=4",
                                                   "model.val_caption_windows=5"])
@@ -335,6 +335,9 @@ def test_validation_captions_a_fixed_subset_and_the_test_pass_every_window(ae_ru
     _, _, captioned, test_windows = record.passes[-1]
     assert record.passes[-1][0] == "test" and len(captioned) == test_windows > 8
     assert "test/gen_token_acc" in fitter.callback_metrics
+    fitter.validate(module, datamodule=datamodule, verbose=False)  # as stage=evaluate eval.split=val runs it
+    _, _, captioned, val_windows = record.passes[-1]
+    assert record.passes[-1][0] == "val" and len(captioned) == val_windows == windows
 
 
 def test_validation_captions_every_n_epochs_and_the_last(ae_run: Path, tmp_path: Path) -> None:
