@@ -328,8 +328,9 @@ def portable(value: object, workdir: Path) -> object:
     value = value.replace(sys.executable, "python")
     for folder in sorted({workdir, REPO}, key=lambda p: len(str(p)), reverse=True):
         relative = os.path.relpath(folder, REPO)
-        value = value.replace(f"{folder}{os.sep}", "" if relative == "." else f"{relative}{os.sep}")
-        value = re.sub(rf"{re.escape(str(folder))}(?![\w.-])", relative, value)
+        start = rf"(?<![\w./-]){re.escape(str(folder))}"  # a whole path, not the tail of one already made relative
+        value = re.sub(start + "/", "" if relative == "." else f"{relative}/", value)
+        value = re.sub(start + r"(?![\w.-])", relative, value)
     return value
 
 

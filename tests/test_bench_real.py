@@ -26,6 +26,13 @@ def test_results_hold_paths_relative_to_the_repository() -> None:
     assert portable["frames"] == 3 and portable["name"] == f"{repo}ology"
 
 
+def test_a_workdir_far_from_the_repository_is_made_relative_once() -> None:
+    workdir = Path("/elsewhere/bench")
+    up = Path(*[".."] * len(bench_real.REPO.parts[1:]))
+    portable = bench_real.portable({"path": f"{workdir}/runs/stage1", "dir": str(workdir)}, workdir)
+    assert portable == {"path": f"{up}/elsewhere/bench/runs/stage1", "dir": f"{up}/elsewhere/bench"}
+
+
 def test_the_machine_is_named_with_its_cpu_and_bf16_support() -> None:
     info = bench_real.machine(gpu=False, load_at_start=1.0)
     assert info["cpu"] and info["cores"] >= 1 and isinstance(info["cpu_bf16"], bool)
