@@ -130,6 +130,11 @@ def _pick(rng: np.random.Generator, options: tuple | list) -> object:
     return options[int(rng.integers(len(options)))]
 
 
+def _a(phrase: str) -> str:
+    """The phrase with its indefinite article: 'an azure disc', 'a red box'."""
+    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+
+
 def _number(n: int, words: list[str]) -> str:
     return words[n - 1] if 1 <= n <= len(words) else str(n)
 
@@ -161,9 +166,9 @@ class ProseStyle:
         who, job = self.watcher, _pick(rng, PROFESSIONS)
         thing, spot, verb = _pick(rng, THINGS), f"the {_pick(rng, SPOTS)}", _pick(rng, WATCH_VERBS)
         return (
-            f"{who}, a {job}, {verb} by {spot} with a {thing}.",
-            f"Nearby, a {job} named {who} holds a {thing} and {verb} by {spot}.",
-            f"A {thing} rests against {spot}, where {who} the {job} {verb}.",
+            f"{who}, {_a(job)}, {verb} by {spot} with {_a(thing)}.",
+            f"Nearby, {_a(job)} named {who} holds {_a(thing)} and {verb} by {spot}.",
+            f"{_a(thing).capitalize()} rests against {spot}, where {who} the {job} {verb}.",
         )[self.forms["aside"]]
 
     def caption(self, step: int, things: list[Thing], events: list[Event]) -> str:
@@ -215,15 +220,15 @@ class ProseStyle:
         return (
             f"{name}, the {looks}, is in {region} and {self.verb} {direction}{bounce}.",
             f"In {region}, {name} the {looks} {self.verb} {direction}{bounce}.",
-            f"{name} {self.verb} {direction} through {region}{bounce}; it is a {looks}.",
+            f"{name} {self.verb} {direction} through {region}{bounce}; it is {_a(looks)}.",
             f"The {looks} called {name} {self.verb} {direction}{bounce}, now in {region}.",
         )[self.forms["thing"]]
 
     def _event(self, event: Event) -> str:
         name, thing = self._name(event.thing), event.thing
         if event.kind == "appears":
-            return (f"a {self._looks(thing)} named {name} appears", f"{name}, a new {self._looks(thing)}, arrives",
-                    f"a {self._looks(thing)} called {name} enters the scene")[self.forms["appears"]]
+            return (f"{_a(self._looks(thing))} named {name} appears", f"{name}, a new {self._looks(thing)}, arrives",
+                    f"{_a(self._looks(thing))} called {name} enters the scene")[self.forms["appears"]]
         if event.kind == "leaves":
             return (f"{name} leaves", f"{name} slips out of sight", f"{name} is gone")[self.forms["leaves"]]
         old, new = self.colours[event.old], self.colours[thing.colour]
