@@ -16,7 +16,7 @@ from tests.commands import output, train_py
 from tests.conftest import CONF
 
 BASES = [(stage, data) for stage in ("pretrain_ae", "multimodal", "evaluate", "predict")
-         for data in ("synthetic", "folder", "storyreasoning")]
+         for data in ("synthetic", "prose", "folder", "storyreasoning")]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_group_option_that_does_not_exist_lists_the_choices() -> None:
     from storyreason.config import check_group_choices
 
     for override, choices in (("stage=foo", "evaluate, multimodal, predict, pretrain_ae (conf/stage/)"),
-                              ("data=foo", "folder, storyreasoning, synthetic (conf/data/)")):
+                              ("data=foo", "folder, prose, storyreasoning, synthetic (conf/data/)")):
         with pytest.raises(ConfigError) as err:
             check_group_choices(["seed=1", override], Path(CONF))
         assert str(err.value) == f"{override}: no such option; choose one of {choices}"
