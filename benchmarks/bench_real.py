@@ -42,8 +42,10 @@ BENCHMARKS = REPO / "benchmarks"
 CONF = REPO / "conf"
 TARGETS = {  # figure -> (comparison, bound)
     "cache_build_frames_per_s": (">=", 500.0),
-    "stage2_epoch_s": ("<=", 900.0),
+    "stage2_epoch_s": ("<=", 360.0),
+    "stage2_val_share": ("<=", 0.2),
     "evaluate_s": ("<=", 180.0),
+    "evaluate_beam4_over_greedy": ("<=", 3.0),
     "peak_rss_mib": ("<=", 8192.0),
 }
 DATA_KEYS = {  # result key -> key of the stage-2 run's metrics.json
@@ -215,7 +217,7 @@ class Steps:
 def run(args: argparse.Namespace) -> dict:
     """Every step; the results as written to JSON."""
     python = str(Path(sys.executable))
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     data, stats = standin_data(args.workdir, args.train, args.test, args.seed)
     runs = args.workdir / "runs"
     select, selected = selection(args.experiment)
@@ -251,6 +253,9 @@ def run(args: argparse.Namespace) -> dict:
         "evaluate_s": evaluations["evaluate"]["wall_s"],
         "evaluate_caption_metrics_s": evaluations["evaluate"]["caption_metrics_s"],
         "evaluate_beam4_s": evaluations["evaluate_beam4"]["wall_s"],
+        "evaluate_beam4_over_greedy": evaluations["evaluate_beam4"]["wall_s"] / evaluations["evaluate"]["wall_s"],
+        "stage2_val_s": stage2["epoch"]["val_s"],
+        "stage2_val_share": stage2["epoch"]["val_s"] / stage2["epoch"]["epoch_s"],
         "peak_rss_mib": max(c["peak_rss_mib"] for c in commands.values()),
         **{key: metrics.get(source) for key, source in DATA_KEYS.items()},
         "stage1": stage1,
@@ -259,8 +264,10 @@ def run(args: argparse.Namespace) -> dict:
         "cache_entries": sorted(p.name for p in (runs / "cache").iterdir() if p.is_dir() and p.name[0] != "."),
         "standin": {"path": str(data), **stats},
         "selection": selected,
-        "machine": machine(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "overrides": list(args.override),
+        "machine": machine(args.gpu, load_at_start),
+        "note": args.note,
+        "command": shlex.join(["python", *sys.argv]),
         "date": datetime.now().isoformat(timespec="seconds"),
         "bench_wall_s": time.perf_counter() - started,
     }
@@ -290,21 +297,40 @@ def _evaluate_step(python: str, run_dir: Path, overrides: list[str], env: dict[s
     return {**figures, "caption_metrics_s": caption_metrics_seconds(log), "run_dir": str(run_dir)}
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    return {
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+def machine(gpu: bool, load_at_start: float) -> dict:
+    """What the figures were measured on (speed.hardware's description, as `make bench` records it), its
+    bf16 support and the load averages at the start and the end (the machine was shared when they are well
+    above the benchmark's own load of about 1-2)."""
+    import torch
+    from speed.hardware import cpu_flags
+    from speed.hardware import machine as describe
+
+    info = describe(torch.device("cuda" if gpu else "cpu"))
+    info.update({
+        "cpu_bf16": "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "torch": importlib.metadata.version("torch"),
-        "lightning": importlib.metadata.version("lightning"),
         "python": platform.python_version(),
-    }
+        "load_average_at_start": round(load_at_start, 2),
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+    })
+    return info
+
+
+def portable(value: object, workdir: Path) -> object:
+    """`value` with every path of this machine relative to the repository (the interpreter as `python`), so a
+    results file names no absolute path of the machine it ran on."""
+    if isinstance(value, dict):
+        return {k: portable(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, workdir) for v in value]
+    if not isinstance(value, str):
+        return value
+    value = value.replace(sys.executable, "python")
+    for folder in sorted({workdir, REPO}, key=lambda p: len(str(p)), reverse=True):
+        relative = os.path.relpath(folder, REPO)
+        value = value.replace(f"{folder}{os.sep}", "" if relative == "." else f"{relative}{os.sep}")
+        value = re.sub(rf"{re.escape(str(folder))}(?![\w.-])", relative, value)
+    return value
 
 
 def targets(results: dict) -> dict:
@@ -321,15 +347,16 @@ def table(results: dict) -> str:
     """The figures as a markdown table, targets first."""
     rows = [[name, f"{t['value']:.1f}", t["target"], "yes" if t["met"] else "no"]
             for name, t in results["targets"].items()]
-    for key in ("cache_build_s", "stage1_epoch_s", "evaluate_caption_metrics_s", "evaluate_beam4_s", *DATA_KEYS,
-                "frames"):
+    for key in ("cache_build_s", "stage1_epoch_s", "stage2_val_s", "evaluate_caption_metrics_s", "evaluate_beam4_s",
+                *DATA_KEYS, "frames"):
         value = results[key]
         rows.append([key, "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value), "", ""])
     for step, figures in results["steps"].items():
         rows.append([f"{step}: command wall time", f"{figures['wall_s']:.1f}", "", ""])
     for stage in ("stage1", "stage2"):
         epoch = results[stage]["epoch"]
-        rows.append([f"{stage}: train / val seconds of the epoch ({epoch['train_batches']} train batches)",
+        rows.append([f"{stage}: train / val seconds of the epoch ({epoch['train_batches']} train, "
+                     f"{epoch['val_batches']} val batches)",
                      f"{epoch['train_s']:.1f} / {epoch['val_s']:.1f}", "", ""])
     lines = ["| figure | measured | target | met |", "|---|---:|---:|---|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -344,15 +371,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stand-in")
     parser.add_argument("--experiment", default="storyreasoning",
                         help="conf/experiment/<name>.yaml for the training commands ('' for data=storyreasoning)")
-    parser.add_argument("--redo", action="append", default=[], choices=["evaluate", "evaluate_beam4"],
-                        help="with --keep: measure this evaluation step again (e.g. after a change to evaluation code), "
-                             "keeping every other step's figures (repeatable)")
+    parser.add_argument("--redo", action="append", default=[], choices=["stage2", "evaluate", "evaluate_beam4"],
+                        help="with --keep: measure this step again (e.g. after a change to training or evaluation "
+                             "code), keeping every other step's figures (repeatable; redo stage2 with both evaluations, "
+                             "which read its checkpoint)")
     parser.add_argument("--gpu", action="store_true",
                         help="keep the recipe's trainer (trainer=gpu); without it every command runs with trainer=cpu")
     parser.add_argument("--override", action="append", default=[], help="Hydra override for every command (repeatable)")
     parser.add_argument("--keep", action="store_true",
                         help="reuse the steps a previous run with the same setup finished")
-    parser.add_argument("--workdir", type=Path, default=BENCHMARKS / "_data", help="stand-in data and runs")
+    parser.add_argument("--workdir", type=Path, default=BENCHMARKS / "_data",
+                        help="stand-in data and runs (a stand-in already under <workdir>/standin/ is reused)")
+    parser.add_argument("--note", default="", help="recorded with the figures, e.g. whether the machine was shared")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "results_storyreasoning.json", help="results JSON")
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
@@ -361,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    results = run(args)
+    results = portable(run(args), args.workdir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     saved = read_json(args.out)  # a CPU run and a GPU run (under "gpu") share the file
     merged = {**saved, "gpu": results} if args.gpu else {**results, **({"gpu": saved["gpu"]} if "gpu" in saved else {})}

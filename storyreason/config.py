@@ -129,6 +129,8 @@ SCHEMA: dict[str, Rule] = {
     "model.ae_ckpt": PATH | NULL,
     "model.freeze_ae": BOOL,
     "model.cache_latents": BOOL,
+    "model.val_caption_windows": integer(1) | NULL,
+    "model.val_caption_every_n_epochs": integer(1),
     "model.loss_weights.*": number(0),
     # Lightning Trainer flags (conf/trainer/cpu.yaml lists them all; the others Lightning checks itself)
     "trainer.max_epochs": integer(-1) | NULL,

@@ -145,8 +145,8 @@ class TokenPerplexity(Metric):
         self.add_state("tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, nll: torch.Tensor | None = None) -> None:
-        """logits (B, L, V), target (B, L) ids; `nll`: the (B*L,) per-token cross-entropy (0 at padding) when
-        the caller already has it, as the loss computes it."""
+        """logits (B, L, V), target (B, L) ids (or (N, V) and (N,)); `nll`: the per-token cross-entropy (0 at
+        padding), flat, when the caller already has it, as the loss computes it."""
         if nll is None:
             nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction="none")
         self.nll += nll.double().sum()

@@ -20,7 +20,7 @@ from speed.contestants import BareAE, BareStory, SeedFrames, SeedWindows, ae_l1,
 from speed.hardware import bf16_support, conv_ceiling, cuda_peak, gemm_peak, machine, peak_rss_mib, train_flops_per_image
 from speed.report import targets
 from speed.timing import EpochShare, Step, loader_epoch_s, measure_rounds, paired, run_epochs, timed, warm_up
-from speed.workload import STAGES, benchmark_data, compose_stage, datamodule
+from speed.workload import REPO, STAGES, benchmark_data, compose_stage, datamodule
 from storyreason.data.cache import build_cache
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.modules.multimodal import MultimodalStoryModule
@@ -168,12 +168,17 @@ def precision_comparison(cfg: DictConfig, args: argparse.Namespace, device: torc
     return result
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository: results files name no absolute path of the machine they ran on."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
 def demo_wall_time(root: Path, timing: Path) -> dict:
     """(h) Wall seconds of the demo's stages: `timing` if `make demo` wrote it, else the newest finished
     run of each stage under `root` (its directory's start time to its train.log's last line)."""
     if timing.is_file():
         seconds = json.loads(timing.read_text())
-        return {"source": f"{timing} (written by make demo)",
+        return {"source": f"{repo_relative(timing)} (written by make demo)",
                 **{f"{part}_s": float(seconds[part]) for part in (*STAGES, "total") if part in seconds}}
     out: dict = {}
     sources = []
@@ -187,7 +192,7 @@ def demo_wall_time(root: Path, timing: Path) -> dict:
         if stamps:
             end = datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f")
             out[f"{stage}_s"] = (end - start).total_seconds()
-            sources.append(str(run))
+            sources.append(repo_relative(run))
     if not out:
         return {"source": None, "reason": f"no finished demo runs under {root} and no docs/demo/timing.json"}
     return {"source": "run directory start time to the last train.log line: " + ", ".join(sources), **out}

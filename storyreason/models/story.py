@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from storyreason.models.losses import linear_cross_entropy
 from storyreason.models.text import CaptionEncoder
 
 
@@ -112,12 +113,18 @@ class MemoryAttention(nn.Module):
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, T, H / heads)
 
     def forward(self, x: torch.Tensor, projected: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """x (B, T, H) queries, projected (B, M, 2H) from `project`, pad (B, M) True = ignore -> (B, T, H)."""
+        """x (B, T, H) queries, projected (B', M, 2H) from `project`, pad (B', M) True = ignore -> (B, T, H).
+
+        B = g * B': rows g*i .. g*i + g - 1 of x read memory i (a beam's hypotheses share their story's),
+        as g queries more of one call instead of g copies of the memory.
+        """
+        b, t, _ = x.shape
+        x = x.reshape(len(projected), -1, x.shape[-1])  # (B', g*T, H)
         keys, values = projected.chunk(2, dim=-1)
         read = F.scaled_dot_product_attention(
             self._split(self.query(x)), self._split(keys), self._split(values), attn_mask=~pad[:, None, None, :]
         )
-        return self.out(read.transpose(1, 2).flatten(2))
+        return self.out(read.transpose(1, 2).flatten(2)).view(b, t, -1)
 
 
 class CaptionDecoder(nn.Module):
@@ -174,8 +181,28 @@ class CaptionDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, T) starting at position `start` -> logits (B, T, V), GRU hidden (1, B, H).
 
-        Position t sees only inputs[:, :t + 1] (the GRU is causal; the memory is the context caption).
+        state (B, S); memory (B', M, 2H) and memory_pad (B', M) with B = g * B': g consecutive rows share
+        a memory row (`MemoryAttention`). Position t sees only inputs[:, :t + 1] (the GRU is causal; the
+        memory is the context caption).
         """
+        features, hidden = self.features(inputs, state, memory, memory_pad, hidden, start)
+        return self.projection(features), hidden
+
+    @property
+    def projection(self) -> nn.Linear:
+        """The last layer of the head: features (.., H) -> logits (.., V)."""
+        return self.head[-1]
+
+    def features(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` up to the vocabulary projection: (B, T, H) features, GRU hidden (1, B, H)."""
         steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
         x = self.embed(inputs) + self.position(steps)[None]
         x = torch.cat([x, state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
@@ -183,7 +210,7 @@ class CaptionDecoder(nn.Module):
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
         read = self.attention(out, memory, memory_pad)
-        return self.head(torch.cat([out, read], dim=-1)), hidden
+        return self.head[:-1](torch.cat([out, read], dim=-1)), hidden
 
 
 class PlainCaptionDecoder(nn.Module):
@@ -223,11 +250,28 @@ class PlainCaptionDecoder(nn.Module):
         start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory`, `memory_pad`, `start` unused."""
+        features, hidden = self.features(inputs, state, memory, memory_pad, hidden, start)
+        return self.head(features), hidden
+
+    @property
+    def projection(self) -> nn.Linear:
+        """The head: features (.., H) -> logits (.., V)."""
+        return self.head
+
+    def features(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` up to the head: the GRU's (B, T, H) outputs, its hidden (1, B, H)."""
         x = torch.cat([self.embed(inputs), state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
-        out, hidden = self.gru(x, hidden)  # (B, T, H)
-        return self.head(out), hidden
+        return self.gru(x, hidden)
 
 
 @dataclass
@@ -298,9 +342,23 @@ class StoryModel(nn.Module):
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
-        inputs = torch.cat([torch.full_like(target[:, :1], BOS_ID), target[:, :-1]], dim=1)
-        logits, _ = self.caption(inputs, enc.state, enc.memory, enc.memory_pad)
+        logits, _ = self.caption(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         return logits
+
+    def token_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
+        """`caption_logits` at target's tokens only (padding skipped): (N, V) for the N = (target != <pad>).sum()
+        tokens, in row order, the rows `target[target != PAD_ID]` names."""
+        features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
+        return self.caption.projection(features[target != PAD_ID])
+
+    def caption_loss(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the mean cross-entropy over target's tokens (B, L) (padding ignored), as
+        `caption_logits` + `F.cross_entropy(..., ignore_index=PAD_ID)` gives, without the (B, L, V) logits:
+        the vocabulary projection runs on the tokens only, fused with the loss (`linear_cross_entropy`)."""
+        features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
+        tokens = target != PAD_ID  # (B, L)
+        projection = self.caption.projection
+        return linear_cross_entropy(features[tokens], projection.weight, projection.bias, target[tokens])
 
     @torch.no_grad()
     def generate(self, enc: StoryEncoding, max_len: int | None = None) -> torch.Tensor:
@@ -319,6 +377,11 @@ class StoryModel(nn.Module):
         tokens = torch.cat(out, dim=1)
         tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID)
         return mask_after_eos(tokens)
+
+
+def teacher_inputs(target: torch.Tensor) -> torch.Tensor:
+    """target `w1 .. wn <eos>` (B, L) -> the decoder's inputs `<bos> w1 .. wn` (B, L)."""
+    return torch.cat([torch.full_like(target[:, :1], BOS_ID), target[:, :-1]], dim=1)
 
 
 def argmax_last(x: torch.Tensor) -> torch.Tensor:

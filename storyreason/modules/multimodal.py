@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MetricCollection
 from tqdm.auto import tqdm
@@ -80,6 +81,8 @@ class MultimodalStoryModule(StageModule):
         min_lr_ratio: float = 0.0,
         channels_last: bool = True,
         compile: bool = False,
+        val_caption_windows: int | None = None,
+        val_caption_every_n_epochs: int = 1,
         stage: str = "multimodal",
     ) -> None:
         super().__init__()
@@ -106,6 +109,7 @@ class MultimodalStoryModule(StageModule):
         self._baselines: dict[str, dict[str, torch.Tensor]] = {}  # split -> the baselines' values, once per run
         self.decoding: dict = {}  # decode_captions settings (beam_size, max_len, ...); evaluation sets them
         self._caption_seconds = 0.0  # spent scoring captions (text metrics) in the current val/test pass
+        self._val_windows_generated = 0  # windows of the current validation given free-running captions
         self.metrics = nn.ModuleDict({s: self._split_metrics(f"{s}/", len(vocab)) for s in ("val", "test")})
 
     @staticmethod
@@ -212,17 +216,18 @@ class MultimodalStoryModule(StageModule):
             prediction.captions = self.decode(prediction.caption_ids)
         return prediction
 
-    def _step(self, batch: Batch, split: str) -> tuple[torch.Tensor, Prediction]:
-        prediction = self(batch, split, generate=split != "train")
+    def _step(self, batch: Batch, split: str, generate: bool | None = None) -> tuple[torch.Tensor, Prediction]:
+        """Loss and metrics of a batch; captions are generated (`generate`, default: outside training) for
+        the free-running caption metrics."""
+        prediction = self(batch, split, generate=split != "train" if generate is None else generate)
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
-        logits = self.story.caption_logits(prediction.encoding, caption).float()  # (B, L, V)
-        token_nll = None
-        if split == "train":
-            ce = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID)
-        else:  # per token, which perplexity sums too: one log-softmax over (B, L, V) instead of two
-            token_nll = F.cross_entropy(logits.flatten(0, 1), caption.flatten(), ignore_index=PAD_ID, reduction="none")
-            ce = token_nll.sum() / (caption != PAD_ID).sum().clamp(min=1)
+        if split == "train":  # no (B, L, V) logits: the projection fused with the loss, on the tokens only
+            ce = self.story.caption_loss(prediction.encoding, caption)
+        else:  # per token, which perplexity sums too: one log-softmax over (N, V) instead of two
+            logits = self.story.token_logits(prediction.encoding, caption).float()  # (N, V) at the N tokens
+            token_nll = F.cross_entropy(logits, caption[caption != PAD_ID], reduction="none")
+            ce = token_nll.sum() / max(len(token_nll), 1)
         terms = {
             "ce": ce,
             "img": F.l1_loss(prediction.image, target),
@@ -244,11 +249,14 @@ class MultimodalStoryModule(StageModule):
         m, bs = self.metrics[split], len(target)
         reference = batch["target_caption"]
         update_images(m["image"], prediction.image, target)
-        m["token_acc"].update(argmax_last(logits).flatten(), reference.flatten())
-        m["perplexity"].update(logits, reference, nll=token_nll)
+        tokens = reference[reference != PAD_ID]  # (N,) the rows of `logits`
+        m["token_acc"].update(argmax_last(logits), tokens)
+        m["perplexity"].update(logits, tokens, nll=token_nll)
         reference_text = self.reference_text(batch, split)
-        self._score_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
-        scored = ("image", "caption")
+        scored: tuple[str, ...] = ("image",)
+        if prediction.caption_ids is not None:
+            self._score_captions(m["caption"], prediction.caption_ids, reference, prediction.captions, reference_text)
+            scored += ("caption",)
         if split not in self._baselines:  # the weights being trained change none of them
             context = to_unit(batch["context_frames"])  # (B, K, 3, H, W)
             update_images(m["copy_last_frame"], context[:, -1], target)
@@ -278,8 +286,27 @@ class MultimodalStoryModule(StageModule):
 
     def on_validation_epoch_start(self) -> None:
         self._caption_seconds = 0.0
+        self._val_windows_generated = 0
 
     on_test_epoch_start = on_validation_epoch_start
+
+    def _val_generates(self, windows: int) -> bool:
+        """Whether this validation batch of `windows` gets free-running captions. Inside a fit: in every
+        `val_caption_every_n_epochs`-th epoch and the last, on the first `val_caption_windows` windows of the
+        split (whole batches; the split's order is fixed, so they are the same windows every time). A
+        validation of its own (`Trainer.validate`: stage=evaluate eval.split=val, a run's final metrics)
+        captions every window."""
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return True
+        every, subset = self.hparams.val_caption_every_n_epochs, self.hparams.val_caption_windows
+        epoch = self.current_epoch
+        last = self._trainer is not None and self.trainer.max_epochs is not None and epoch + 1 >= self.trainer.max_epochs
+        if (epoch + 1) % every and not last:
+            return False
+        if subset is not None and self._val_windows_generated >= subset:
+            return False
+        self._val_windows_generated += windows
+        return True
 
     def on_test_epoch_end(self) -> None:
         log.info("caption metrics (the model's and the caption baselines'): %.1f s of this test pass", self._caption_seconds)
@@ -318,7 +345,8 @@ class MultimodalStoryModule(StageModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Prediction:
-        return self._step(batch, "val")[1]
+        """Teacher-forced metrics on every batch; free-running captions on the fixed subset `_val_generates` picks."""
+        return self._step(batch, "val", generate=self._val_generates(len(batch["target_caption"])))[1]
 
     def test_step(self, batch: Batch, batch_idx: int) -> Prediction:
         """The step's predictions reach `on_test_batch_end` of every callback (evaluate's report reads them)."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from storyreason.models.decoding import beam_search, decode_captions
+from storyreason.models.decoding import beam_search, decode_captions, top_k_stable
 from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
 
 LATENT = (2, 2, 2)
@@ -113,3 +113,75 @@ def test_argmax_last_is_torch_argmax_first_maximum_on_ties() -> None:
     assert torch.equal(argmax_last(x[:, -1]), x[:, -1].argmax(-1))  # strided views too
     with torch.inference_mode():
         assert torch.equal(argmax_last(x.clone()), x.argmax(-1))
+
+
+def sorted_beam_search(model: StoryModel, enc: StoryEncoding, k: int, max_len: int) -> torch.Tensor:
+    """The beam search as it was before `top_k_stable`: float64 log-softmax over the vocabulary and a stable
+    sort of all k * V candidates at every step, each hypothesis with its own copy of the memory."""
+    b = len(enc.state)
+    state, memory, memory_pad = (x.repeat_interleave(k, dim=0) for x in (enc.state, enc.memory, enc.memory_pad))
+    scores = torch.full((b, k), float("-inf"), dtype=torch.float64)
+    scores[:, 0] = 0.0
+    token = torch.full((b * k, 1), BOS_ID)
+    tokens = torch.zeros(b * k, 0, dtype=torch.long)
+    finished = torch.zeros(b * k, dtype=torch.bool)
+    hidden = None
+    for t in range(max_len):
+        with torch.no_grad():
+            logits, hidden = model.caption(token, state, memory, memory_pad, hidden, start=t)
+        log_probs = logits[:, -1].double().log_softmax(dim=-1)
+        vocab = log_probs.shape[-1]
+        only_pad = torch.full_like(log_probs[0], float("-inf"))
+        only_pad[PAD_ID] = 0.0
+        log_probs = torch.where(finished[:, None], only_pad, log_probs)
+        candidates = (scores.reshape(-1, 1) + log_probs).view(b, k * vocab)
+        top_scores, top = candidates.sort(dim=1, descending=True, stable=True)
+        scores, top = top_scores[:, :k], top[:, :k]
+        origin = (top // vocab + torch.arange(b)[:, None] * k).flatten()
+        token = (top % vocab).view(-1, 1)
+        hidden = hidden[:, origin]
+        tokens = torch.cat([tokens[origin], token], dim=1)
+        finished = finished[origin] | (token[:, 0] == EOS_ID)
+        if finished.all():
+            break
+    tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID).view(b, k, max_len)
+    return mask_after_eos(tokens[:, 0])
+
+
+def test_top_k_stable_is_the_head_of_a_stable_descending_sort() -> None:
+    """Ties (values drawn from 4 levels, -inf among them) go to the lower column, at and across the k-th place."""
+    torch.manual_seed(0)
+    for columns, k in ((7, 1), (7, 3), (50, 4), (50, 50), (300, 16)):
+        x = torch.randint(0, 4, (64, columns)).double()
+        x[x == 0] = float("-inf")
+        x[:8] = torch.randn(8, columns, dtype=torch.float64)  # rows without ties too
+        values, index = top_k_stable(x, k)
+        expected_values, expected_index = x.sort(dim=1, descending=True, stable=True)
+        assert torch.equal(index, expected_index[:, :k]), (columns, k)
+        assert torch.equal(values, expected_values[:, :k])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("beam", [2, 4, 7])
+def test_beam_search_chooses_what_the_sort_of_every_candidate_chose(beam: int, ties: bool) -> None:
+    """The top-k search decodes what the previous search (a sort of all k * V candidates) decoded. With `ties`
+    every logit is one of 3 integers, the same in every row, so equal scores meet at every step."""
+    model, enc = encoding(vocab=20, max_len=12, batch=24, seed=beam)
+    if ties:
+        with torch.no_grad():
+            model.caption.head[-1].weight.zero_()
+            model.caption.head[-1].bias.copy_(torch.randint(0, 3, (20,)).float())
+    expected = sorted_beam_search(model, enc, beam, max_len=12)
+    assert torch.equal(beam_search(model, enc, beam_size=beam), expected)
+
+
+def test_hypotheses_sharing_a_memory_row_read_what_their_own_copies_give() -> None:
+    """The decoder with memory (B, M, 2H) for B*g rows reads what it reads from the memory repeated g times."""
+    model, enc = encoding(vocab=20, max_len=10, batch=6)
+    g, inputs = 3, torch.randint(4, 20, (18, 5))
+    state = enc.state.repeat_interleave(g, dim=0)
+    with torch.no_grad():
+        shared, _ = model.caption(inputs, state, enc.memory, enc.memory_pad)
+        copied, _ = model.caption(inputs, state, enc.memory.repeat_interleave(g, dim=0),
+                                  enc.memory_pad.repeat_interleave(g, dim=0))
+    assert torch.allclose(shared, copied, atol=1e-6)

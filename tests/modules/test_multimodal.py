@@ -274,3 +274,107 @@ def test_loss_is_the_weighted_sum_of_caption_ce_image_l1_and_latent_mse(story_ru
         lat = ((enc.latent.double() - ae.encode(target).double()) ** 2).mean()
     expected = weights["ce"] * ce + weights["img"] * img + weights["lat"] * lat
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+class CaptionedWindows(L.Callback):
+    """Per validation or test pass: the target frames of the windows given generated captions, and how many
+    windows the pass saw."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[str, int, list[int], int]] = []  # (stage, epoch, captioned targets, windows)
+        self.token_acc_batches: list[int] = []  # per validation: batches the teacher-forced token accuracy saw
+
+    def _start(self, stage: str, trainer: L.Trainer) -> None:
+        self.passes.append((stage, trainer.current_epoch, [], 0))
+
+    def _batch(self, outputs: Any, batch: Any) -> None:
+        stage, epoch, captioned, windows = self.passes[-1]
+        if outputs.caption_ids is not None:
+            captioned.extend(batch["frame_index"][:, -1].tolist())
+        self.passes[-1] = (stage, epoch, captioned, windows + len(batch["frame_index"]))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("val", trainer)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("test", trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.token_acc_batches.append(pl_module.metrics["val"]["token_acc"]._update_count)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch(outputs, batch)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch(outputs, batch)
+
+
+def test_validation_captions_a_fixed_subset_and_the_test_pass_every_window(ae_run: Path, tmp_path: Path) -> None:
+    """model.val_caption_windows=5 with batches of 4: the first two batches (8 windows) get generated captions,
+    the same 8 in every validation, while the loss and teacher-forced metrics see every window; the test pass
+    and a validation outside a fit (as stage=evaluate runs them) caption the whole split."""
+    record = CaptionedWindows()
+    cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}", "data.eval_batch_size=4",
+                                                  "model.val_caption_windows=5"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg, datamodule)
+    fitter = instantiate(cfg.trainer, callbacks=[record], logger=False, enable_checkpointing=False, max_epochs=2,
+                         limit_train_batches=2)
+    fitter.fit(module, datamodule=datamodule)
+    validations = [p for p in record.passes if p[0] == "val"]
+    assert [p[1] for p in validations] == [0, 1]
+    (_, _, first, windows), (_, _, second, _) = validations
+    assert len(first) == 8 < windows, "the subset is two batches of 4, fewer than the split's windows"
+    assert first == second, "the captioned windows changed between validations"
+    assert record.token_acc_batches == [-(-windows // 4)] * 2, "teacher-forced metrics skipped batches"
+    assert "val/gen_token_acc" in fitter.callback_metrics and "val/token_acc" in fitter.callback_metrics
+    fitter.test(module, datamodule=datamodule, verbose=False)
+    _, _, captioned, test_windows = record.passes[-1]
+    assert record.passes[-1][0] == "test" and len(captioned) == test_windows > 8
+    assert "test/gen_token_acc" in fitter.callback_metrics
+    fitter.validate(module, datamodule=datamodule, verbose=False)  # as stage=evaluate eval.split=val runs it
+    _, _, captioned, val_windows = record.passes[-1]
+    assert record.passes[-1][0] == "val" and len(captioned) == val_windows == windows
+
+
+def test_validation_captions_every_n_epochs_and_the_last(ae_run: Path, tmp_path: Path) -> None:
+    """model.val_caption_every_n_epochs=2 over 3 epochs: captions in epochs 2 and 3 (the last), none in epoch 1,
+    where the loss is still validated."""
+    record = CaptionedWindows()
+    fit(tmp_path, ae_run, ["model.val_caption_every_n_epochs=2", "model.val_caption_windows=null"], record,
+        max_epochs=3, limit_train_batches=1, limit_val_batches=2)
+    counts = [(epoch, len(captioned), windows) for _, epoch, captioned, windows in record.passes]
+    assert [c[0] for c in counts] == [0, 1, 2]
+    assert counts[0][1] == 0 < counts[0][2]
+    assert counts[1][1] == counts[1][2] and counts[2][1] == counts[2][2]
+
+
+class ValLoss(L.Callback):
+    """The validation loss and teacher-forced token accuracy after every validation."""
+
+    def __init__(self) -> None:
+        self.values: list[tuple[float, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        self.values.append((float(metrics["val/loss"]), float(metrics["val/token_acc"])))
+
+
+def test_bf16_mixed_precision_trains_like_float32(ae_run: Path, tmp_path: Path) -> None:
+    """trainer.precision=bf16-mixed (bf16 autocast on the CPU, the fused caption loss included) against 32-true,
+    the same seeded steps: losses finite and falling, the validation loss within 2% and token accuracy within
+    0.02 of float32's."""
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        record = ValLoss()
+        fit(tmp_path / precision, ae_run, [f"trainer.precision={precision}"], record, max_epochs=3,
+            limit_train_batches=4, limit_val_batches=2)
+        runs[precision] = record.values
+    full, bf16 = runs["32-true"], runs["bf16-mixed"]
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in bf16)
+    assert bf16[-1][0] < bf16[0][0], "bf16-mixed did not lower the validation loss"
+    assert abs(bf16[-1][0] - full[-1][0]) <= 0.02 * full[-1][0]
+    assert abs(bf16[-1][1] - full[-1][1]) <= 0.02
