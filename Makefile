@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # pyproject keeps ranges (torch>=2.4,<2.15) for other machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo docs test test-slow mutants bench bench-real clean
+.PHONY: install demo demo-prose docs test test-slow mutants bench bench-real clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 demo: install  # ARGS='key=value ...': Hydra overrides for both stages
 	$(PY) -m storyreason.demo $(ARGS)
+
+demo-prose: install  # the same for the world told in paragraphs (experiment=prose_demo), into outputs/prose_demo/
+	$(PY) -m storyreason.demo --experiment prose_demo $(ARGS)
 
 docs: install  # maintainers: docs/demo/ and the README's results block from the last `make demo`
 	$(PY) -m storyreason.demo --docs

@@ -113,7 +113,8 @@ def collect(stage_dir: Path) -> dict[str, list[dict[str, float]]]:
             continue
         metrics = json.loads((job / "metrics.json").read_text())
         found = {k[len("test/"):]: v for k, v in metrics.items() if k.startswith("test/")}
-        runs.setdefault(job.name.rsplit("-seed", 1)[0], []).append({**found, **skills(metrics), "wall": job_wall(job)})
+        values = {label: skill.value for label, skill in skills(metrics).items()}  # NaN where n/a
+        runs.setdefault(job.name.rsplit("-seed", 1)[0], []).append({**found, **values, "wall": job_wall(job)})
     return runs
 
 
@@ -129,10 +130,10 @@ def failures(sweep_dir: Path) -> list[str]:
 
 def column(runs: list[dict[str, float]], key: str) -> str:
     """'0.1234 ± 0.0012': mean ± sample std of `key` over the runs that have it ('± -' for one run, '-' for
-    none); wall seconds without decimals."""
+    none, 'n/a' for a skill no run reports: its ceiling was no better than the copy); wall seconds without decimals."""
     values = [r[key] for r in runs if key in r and math.isfinite(r[key])]
     if not values:
-        return "-"
+        return "n/a" if any(key in r for r in runs) else "-"
     digits = 0 if key == "wall" else 4
     spread = f"{statistics.stdev(values):.{digits}f}" if len(values) > 1 else "-"
     return f"{statistics.fmean(values):.{digits}f} ± {spread}"
@@ -194,7 +195,8 @@ def write_report(sweep_dir: Path, out: Path) -> str:
         "oracle_caption (free token accuracy) in place of the ceiling. Wall: one stage-2 job, fit and final "
         "evaluation. Rows in *italics* are baselines, scored on the `ours` runs' data and autoencoder. A skill "
         "swings wildly when its ceiling is barely better than the copy (an autoencoder whose L1 is near "
-        "copy_last_frame's): read those rows' image L1 instead.",
+        "copy_last_frame's): read those rows' image L1 instead; it is n/a where the ceiling is no better "
+        "than the copy at all.",
         "",
         story_table(story),
         "",

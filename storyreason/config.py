@@ -109,6 +109,7 @@ SCHEMA: dict[str, Rule] = {
     "data.source.radius": list_of(integer(1)),
     "data.source.speed": list_of(number(0)),
     "data.source.p_*": number(0, 1),
+    "data.source.captions": choice("list", "prose"),
     # model (both stages)
     "model.lr": number(0, lo_open=True),
     "model.lr_reference_width": integer(1) | NULL,

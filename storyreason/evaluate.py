@@ -270,7 +270,8 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
             "only) are the next frame (through the autoencoder) and caption of the world's deterministic",
             "dynamics without its random events (appear, leave, recolour): what is achievable from the context.",
             "A skill is (copy - model) / (copy - ceiling): 0 is copying the last context frame or caption, 1 the",
-            "ceiling. Teacher-forced metrics need token probabilities, which only the model has.",
+            "ceiling; n/a where the ceiling is no better than the copy. Teacher-forced metrics need token",
+            "probabilities, which only the model has.",
             "",
         ]
     if grids:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 PREDICTORS = {
     "model": "",
@@ -37,6 +39,7 @@ SKILLS = {
     "image skill vs ae_ceiling": ("image_l1", "copy_last_frame", "ae_ceiling"),
     "image skill vs oracle_frame": ("image_l1", "copy_last_frame", "oracle_frame"),
     "caption skill vs oracle_caption": ("gen_token_acc", "copy_last_caption", "oracle_caption"),
+    "caption chrF skill vs oracle_caption": ("chrf", "copy_last_caption", "oracle_caption"),
 }
 AE_METRICS = {"l1": ("L1", False), "mse": ("MSE", False), "psnr": ("PSNR", True), "ssim": ("SSIM", True)}
 
@@ -45,15 +48,32 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def skills(metrics: dict[str, float], split: str = "test") -> dict[str, float]:
+class Skill(NamedTuple):
+    """A skill's value, or NaN and the reason it is not reported."""
+
+    value: float
+    reason: str = ""
+
+    def cell(self) -> str:
+        return f"n/a ({self.reason})" if self.reason else _cell(self.value)
+
+
+def skills(metrics: dict[str, float], split: str = "test") -> dict[str, Skill]:
     """Each skill of `SKILLS` whose figures `metrics` holds: (copy - model) / (copy - ceiling); 1 is the
-    ceiling, 0 no better than copying the last context frame or caption."""
+    ceiling, 0 no better than copying the last context frame or caption. A ceiling no better than the copy
+    makes the ratio meaningless (an untrained autoencoder's: a model far worse than copying then scores
+    ~1), so such a skill is n/a with the two figures as its reason: the one place every table reads."""
     found = {}
     for label, (key, floor, ceiling) in SKILLS.items():
         names = [f"{split}/{key}", f"{split}/{PREDICTORS[floor]}{key}", f"{split}/{PREDICTORS[ceiling]}{key}"]
         if all(name in metrics for name in names):
             model, low, high = (metrics[name] for name in names)
-            found[label] = (low - model) / (low - high) if low != high else float("nan")
+            better = high > low if STORY_METRICS[key][1] else high < low
+            if better:
+                found[label] = Skill((low - model) / (low - high))
+            else:
+                found[label] = Skill(math.nan, f"{ceiling} {STORY_METRICS[key][0]} {high:.4f} is no better than "
+                                               f"{floor}'s {low:.4f}")
     return found
 
 
@@ -71,8 +91,8 @@ def results_table(metrics: dict[str, float], split: str = "test") -> tuple[list[
         cells = [metrics.get(f"{split}/{infix}{key}") for infix in columns.values()]
         if any(v is not None for v in cells):
             rows.append([f"{label} {'↑' if up else '↓'}", *map(_cell, cells)])
-    for label, value in skills(metrics, split).items():  # the model's alone
-        rows.append([f"{label} ↑", _cell(value), *("-" for _ in list(columns)[1:])])
+    for label, skill in skills(metrics, split).items():  # the model's alone
+        rows.append([f"{label} ↑", skill.cell(), *("-" for _ in list(columns)[1:])])
     return ["metric", *columns], rows
 
 

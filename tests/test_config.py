@@ -16,7 +16,7 @@ from tests.commands import output, train_py
 from tests.conftest import CONF
 
 BASES = [(stage, data) for stage in ("pretrain_ae", "multimodal", "evaluate", "predict")
-         for data in ("synthetic", "folder", "storyreasoning")]
+         for data in ("synthetic", "prose", "folder", "storyreasoning")]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_every_trainer_flag_is_settable_without_plus() -> None:
     (["seed=1.5"], "seed=1.5 (a float): expected an integer"),
     (["data.batch_size=abc"], "data.batch_size=abc"),
     (["stage=foo"], "stage=foo: no such option; choose one of evaluate, multimodal, predict, pretrain_ae"),
-    (["data=foo"], "data=foo: no such option; choose one of folder, storyreasoning, synthetic (conf/data/)"),
+    (["data=foo"], "data=foo: no such option; choose one of folder, prose, storyreasoning, synthetic (conf/data/)"),
 ])
 def test_train_py_refuses_in_one_line_with_exit_2_andleaves_nothing(tmp_path: Path, overrides: list, needle: str) -> None:
     result = train_py(tmp_path, *overrides)

@@ -79,3 +79,23 @@ def test_the_oracle_bar_fails_when_the_model_beats_the_worlds_oracle() -> None:
     assert quality_checks({"test/l1": 0.02}, story | oracle)[bar]
     for key, beaten in (("test/baseline/oracle_frame/image_l1", 0.06), ("test/baseline/oracle_caption/gen_token_acc", 0.9)):
         assert not quality_checks({"test/l1": 0.02}, story | oracle | {key: beaten})[bar], key
+
+
+def test_the_prose_demo_bars_need_every_caption_metric_above_the_copy_and_half_the_chrf_gap() -> None:
+    """experiment=prose_demo's bars: beating copy_last_caption on gen_token_acc, BLEU-4 and chrF, each on its
+    own, and a chrF skill of at least 0.5 against the oracle caption (0.6 here: (0.80 - 0.86) / (0.80 - 0.90))."""
+    from storyreason.demo import DEMOS, prose_checks
+
+    assert DEMOS["prose_demo"] == ("make demo-prose", prose_checks)
+    copy, oracle = "test/baseline/copy_last_caption/", "test/baseline/oracle_caption/"
+    story = {"test/image_l1": 0.05, "test/ae_ceiling/image_l1": 0.02,
+             **{f"test/baseline/{k}/image_l1": 0.08 for k in ("copy_last_frame", "mean_context")},
+             "test/gen_token_acc": 0.7, f"{copy}gen_token_acc": 0.6, f"{oracle}gen_token_acc": 0.9,
+             "test/bleu": 0.7, f"{copy}bleu": 0.65, f"{oracle}bleu": 0.9,
+             "test/chrf": 0.86, f"{copy}chrf": 0.80, f"{oracle}chrf": 0.90}
+    beat, half = "model > copy_last_caption on gen_token_acc, BLEU-4 and chrF", "caption chrF skill vs oracle_caption >= 0.5"
+    assert all(prose_checks({"test/l1": 0.02}, story).values())
+    for key in ("gen_token_acc", "bleu", "chrf"):
+        assert not prose_checks({"test/l1": 0.02}, story | {f"test/{key}": story[f"{copy}{key}"]})[beat], key
+    assert not prose_checks({"test/l1": 0.02}, story | {"test/chrf": 0.84})[half]  # skill 0.4
+    assert not prose_checks({"test/l1": 0.02}, story | {f"{oracle}chrf": 0.79})[half]  # n/a: ceiling below the copy

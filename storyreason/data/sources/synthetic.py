@@ -9,6 +9,9 @@ The next frame follows from the context (positions, velocities, bounces) but dif
 one, so copy-last baselines are strong yet beatable. The world knows its state, so it also writes the
 oracle of each frame (`stories.Oracle`): the frame and caption the deterministic dynamics give, without
 that step's random events: what the context determines, the rest being chance.
+
+With `captions="prose"` (`data=prose`) the same stories get paragraphs instead (`prose.ProseStyle`);
+their frames, and the list captions of the default, are unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from storyreason.data.sources.prose import Event, ProseStyle, Thing
 from storyreason.data.stories import SPLITS, Oracle, StorySplit
 from storyreason.errors import ConfigError
 
@@ -40,6 +44,8 @@ SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = ((25, 25, 35), (20, 55, 35), (60, 40, 25), (25, 40, 70), (70, 70, 70))
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
+CAPTIONS = ("list", "prose")
+PROSE_VERSION = 1  # of the prose captions' generation, in the prose world's cache key
 
 
 @dataclass
@@ -51,10 +57,7 @@ class _Object:
     vx: float
     vy: float
     r: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {self.shape}"
+    ident: int = -1  # the order the object entered its story in (-1 until it has one)
 
 
 class SyntheticWorld:
@@ -72,12 +75,16 @@ class SyntheticWorld:
         p_appear: float = 0.02,
         p_leave: float = 0.01,
         p_recolour: float = 0.015,
+        captions: str = "list",
     ) -> None:
         missing = [s for s in SPLITS if s not in num_stories]
         if missing:
             raise ConfigError(f"data.source.num_stories is missing split(s) {missing}")
         if story_length < 2:
             raise ConfigError(f"data.source.story_length must be >= 2, got {story_length}")
+        if captions not in CAPTIONS:
+            raise ConfigError(f"data.source.captions must be one of {CAPTIONS}, got {captions!r}")
+        self.captions = captions
         self.num_stories = {s: int(num_stories[s]) for s in SPLITS}
         self.story_length = story_length
         self.image_size = image_size
@@ -91,7 +98,7 @@ class SyntheticWorld:
 
     def cache_key(self) -> dict:
         """Every setting that changes the generated frames or captions."""
-        return {
+        key = {
             "source": "synthetic",
             "version": 2,  # 2: the oracle frames and captions are cached too
             "num_stories": self.num_stories,
@@ -103,6 +110,9 @@ class SyntheticWorld:
             "speed": list(self.speed),
             "events": [self.p_appear, self.p_leave, self.p_recolour],
         }
+        if self.captions != "list":  # the list world's key, and so its cache entries, stay as they were
+            key["captions"] = f"{self.captions}-{PROSE_VERSION}"
+        return key
 
     def load(self) -> dict[str, StorySplit]:
         """Generate all splits with their oracles (deterministic in `seed`)."""
@@ -130,18 +140,24 @@ class SyntheticWorld:
         rng = np.random.default_rng([self.seed, split_index, index])
         background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         objects = [self._new_object(rng, inside=True) for _ in range(rng.integers(1, self.max_objects + 1))]
-        frames, captions, oracles = [], [], {}
+        for ident, obj in enumerate(objects):
+            obj.ident = ident
+        # prose draws from a stream of its own, so the stories' frames are those of the list world
+        style = (ProseStyle(np.random.default_rng([self.seed, split_index, index, 1]), BACKGROUNDS.index(background))
+                 if self.captions == "prose" else None)
+        frames, captions, oracles, born = [], [], {}, len(objects)
+        walls: dict[int, tuple[str, ...]] = {}  # object -> the walls it bounced off on its way into this frame
         for t in range(self.story_length):
             events = []
             if t > 0:
-                for obj in objects:
-                    self._move(obj)
+                walls = {obj.ident: self._move(obj) for obj in objects}
                 expected = [dataclasses.replace(obj) for obj in objects]  # the state before this step's events
-                events = self._events(rng, objects)
+                events = self._events(rng, objects, born)
+                born += sum(event.kind == "appears" for event in events)
                 if events:
-                    oracles[t] = (self._render(background, expected), " ".join(map(self._describe, expected)))
+                    oracles[t] = (self._render(background, expected), self._caption(style, t, expected, walls, []))
             frames.append(self._render(background, objects))
-            captions.append(" ".join([self._describe(o) for o in objects] + events))
+            captions.append(self._caption(style, t, objects, walls, events))
         return f"synthetic-{SPLITS[split_index]}-{index:06d}", np.stack(frames), captions, oracles
 
     def _new_object(self, rng: np.random.Generator, inside: bool) -> _Object:
@@ -162,34 +178,51 @@ class SyntheticWorld:
                 vy = abs(vy) if y < size / 2 else -abs(vy)
         return _Object(_pick(rng, SHAPES), _pick(rng, list(COLOURS)), float(x), float(y), vx, vy, r)
 
-    def _move(self, obj: _Object) -> None:
+    def _move(self, obj: _Object) -> tuple[str, ...]:
+        """Move one step; the walls it bounced off ('left', 'right', 'top', 'bottom')."""
         high = self.image_size - 1 - obj.r
+        vx, vy = obj.vx, obj.vy
         obj.x, obj.vx = _bounce(obj.x + obj.vx, obj.vx, obj.r, high)
         obj.y, obj.vy = _bounce(obj.y + obj.vy, obj.vy, obj.r, high)
+        return ((("right" if vx > 0 else "left"),) if obj.vx != vx else ()) + (
+            (("bottom" if vy > 0 else "top"),) if obj.vy != vy else ())
 
-    def _events(self, rng: np.random.Generator, objects: list[_Object]) -> list[str]:
+    def _events(self, rng: np.random.Generator, objects: list[_Object], born: int) -> list[Event]:
+        """This step's random events, applied to `objects`; a new object is the story's `born`-th."""
         events = []
         if len(objects) > 1 and rng.random() < self.p_leave:
             gone = objects.pop(int(rng.integers(len(objects))))
-            events.append(f"the {gone.name} leaves .")
+            events.append(Event("leaves", self._thing(gone)))
         if objects and rng.random() < self.p_recolour:
             obj = objects[int(rng.integers(len(objects)))]
-            old = obj.name
+            old = obj.colour
             obj.colour = _pick(rng, [c for c in COLOURS if c != obj.colour])
-            events.append(f"the {old} turns {obj.colour} .")
+            events.append(Event("turns", self._thing(obj), old))
         if len(objects) < self.max_objects and rng.random() < self.p_appear:
             obj = self._new_object(rng, inside=False)
+            obj.ident = born
             objects.append(obj)
-            events.append(f"a {obj.name} appears .")
+            events.append(Event("appears", self._thing(obj)))
         return events
 
-    def _describe(self, obj: _Object) -> str:
+    def _thing(self, obj: _Object, walls: tuple[str, ...] = ()) -> Thing:
+        """What a caption says of `obj`: its looks, 3x3 cell and the direction it moves next."""
         cell = self.image_size / 3
-        row = ROWS[min(int(obj.y // cell), 2)]
-        col = COLS[min(int(obj.x // cell), 2)]
-        vertical = "down" if obj.vy > 0 else "up"
-        horizontal = "right" if obj.vx > 0 else "left"
-        return f"{obj.name} {row} {col} {vertical} {horizontal} ."
+        return Thing(obj.ident, obj.colour, obj.shape, min(int(obj.y // cell), 2), min(int(obj.x // cell), 2),
+                     bool(obj.vy > 0), bool(obj.vx > 0), walls)
+
+    def _caption(self, style: ProseStyle | None, t: int, objects: list[_Object],
+                 walls: dict[int, tuple[str, ...]], events: list[Event]) -> str:
+        """Frame t's caption: the list of objects and events, or with a style, its paragraph."""
+        if style is not None:
+            return style.caption(t + 1, [self._thing(o, walls.get(o.ident, ())) for o in objects], events)
+        return " ".join([self._describe(self._thing(o)) for o in objects] + [_listed(e) for e in events])
+
+    @staticmethod
+    def _describe(thing: Thing) -> str:
+        vertical = "down" if thing.down else "up"
+        horizontal = "right" if thing.right else "left"
+        return f"{thing.colour} {thing.shape} {ROWS[thing.row]} {COLS[thing.col]} {vertical} {horizontal} ."
 
     def _render(self, background: tuple[int, int, int], objects: list[_Object]) -> np.ndarray:
         image = np.empty((3, self.image_size, self.image_size), np.uint8)
@@ -207,6 +240,16 @@ class SyntheticWorld:
                 mask = (dy >= -obj.r) & (dy <= obj.r) & (np.abs(dx) <= (dy + obj.r) / 2)
             image[(slice(None), *box)][:, mask] = np.asarray(COLOURS[obj.colour], np.uint8)[:, None]
         return image
+
+
+def _listed(event: Event) -> str:
+    """An event as the list captions write it."""
+    name = f"{event.thing.colour} {event.thing.shape}"
+    if event.kind == "leaves":
+        return f"the {name} leaves ."
+    if event.kind == "turns":
+        return f"the {event.old} {event.thing.shape} turns {event.thing.colour} ."
+    return f"a {name} appears ."
 
 
 def _pick(rng: np.random.Generator, options: Sequence[T]) -> T:
