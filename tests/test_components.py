@@ -14,7 +14,7 @@ from torch import nn
 
 from storyreason.checkpoints import module_from_checkpoint
 from storyreason.errors import ConfigError
-from storyreason.models.story import CaptionDecoder, LatentHead, MLPLatentHead, PlainCaptionDecoder
+from storyreason.models.story import CaptionDecoder, LatentHead, MLPLatentHead, PlainCaptionDecoder, PointerCaptionDecoder
 from storyreason.modules.base import build_components
 from storyreason.run import run, train
 from tests.conftest import CONF, compose_config, read_metrics
@@ -24,6 +24,7 @@ from tests.test_predict import write_story
 OPTIONS = {
     "model/story/latent_head=mlp": ("story.latent_head", MLPLatentHead),
     "model/story/caption_memory=none": ("story.caption", PlainCaptionDecoder),
+    "model/story/caption_memory=pointer": ("story.caption", PointerCaptionDecoder),
     "model.autoencoder.bottleneck=fc": ("autoencoder.encoder.4", nn.Linear),
 }
 

@@ -79,7 +79,8 @@ def beam_search(
     beam_rows = torch.arange(b, device=device)[:, None] * k  # (B, 1) each story's first row
     hidden = None
     for t in range(max_len):
-        logits, hidden = model.caption(token, state, enc.memory, enc.memory_pad, hidden, start=t)
+        logits, hidden = model.caption(token, state, enc.memory, enc.memory_pad, hidden, start=t,
+                                       memory_ids=enc.memory_ids)
         logits = logits[:, -1].float()  # (B*k, V)
         vocab = logits.shape[-1]
         n = min(k, vocab)

@@ -11,6 +11,8 @@ Data flows top to bottom:
   -> caption decoder          next caption, chosen by model/story/caption_memory:
        CaptionDecoder           attention: GRU + linear head, reads the state and attends over the last
                                 caption and the cells of the last and predicted latent maps
+       PointerCaptionDecoder    pointer: the same, and it can copy a word of the last caption
+                                (pointer-generator: a gate mixes the head's softmax with a copy attention)
        PlainCaptionDecoder      none (the seed's): GRU + linear head over the state alone
 
 The two choices are Hydra partials (conf/model/story/*/): StoryModel calls them with its sizes.
@@ -163,12 +165,15 @@ class CaptionDecoder(nn.Module):
         states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
         the last context latent and the predicted next one, whose cells say where objects are and will be.
         -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
-        step, and its padding mask (B, L + M*h*w), True at caption padding
+        step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
+        (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
         memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
-        return memory, torch.cat([pad, pad.new_zeros(len(pad), memory.shape[1] - pad.shape[1])], dim=1)
+        no_word = memory.shape[1] - pad.shape[1]
+        ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
+        return memory, torch.cat([pad, pad.new_zeros(len(pad), no_word)], dim=1), ids
 
     def forward(
         self,
@@ -178,6 +183,7 @@ class CaptionDecoder(nn.Module):
         memory_pad: torch.Tensor,
         hidden: torch.Tensor | None = None,
         start: int = 0,
+        memory_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, T) starting at position `start` -> logits (B, T, V), GRU hidden (1, B, H).
 
@@ -213,6 +219,68 @@ class CaptionDecoder(nn.Module):
         return self.head[:-1](torch.cat([out, read], dim=-1)), hidden
 
 
+class PointerCaptionDecoder(CaptionDecoder):
+    """CaptionDecoder that can also copy a word of the last caption (a pointer-generator).
+
+    Its next-word distribution mixes two: the head's softmax over the vocabulary, and a copy head's
+    attention over the last caption's words, each weight added to that word's id. A learned gate per
+    step sets the mix. A story's own words (names, places) recur within the story only, so the plain
+    head must learn each one separately before it can write it; the copy head needs only learn where
+    to read. It returns log-probabilities, which argmax, log-softmax and cross-entropy read as logits.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        state_dim: int,
+        memory_dim: int,
+        hidden_dim: int,
+        heads: int,
+        max_len: int,
+        latent_shape: tuple[int, int, int],
+        num_maps: int = 2,
+    ) -> None:
+        super().__init__(embed, state_dim, memory_dim, hidden_dim, heads, max_len, latent_shape, num_maps)
+        self.copy_query = nn.Linear(hidden_dim, hidden_dim)
+        self.gate = nn.Linear(2 * hidden_dim, 1)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+        memory_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As CaptionDecoder.forward, with memory_ids (B', M) from `memory` -> log-probabilities (B, T, V)."""
+        if memory_ids is None:
+            raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
+        steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
+        x = self.embed(inputs) + self.position(steps)[None]
+        x = torch.cat([x, state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
+        if hidden is None:
+            hidden = torch.tanh(self.init_hidden(state))[None]
+        out, hidden = self.gru(x, hidden)  # (B, T, H)
+        read = self.attention(out, memory, memory_pad)
+        both = torch.cat([out, read], dim=-1)  # (B, T, 2H)
+        vocab = self.projection(self.head[:-1](both)).float().softmax(dim=-1)  # (B, T, V)
+        b, t, v = vocab.shape
+        # the copy head: one query per step against the memory's keys, over the positions that hold a word
+        query = self.copy_query(out).reshape(len(memory), -1, out.shape[-1])  # (B', g*T, H)
+        keys = memory[..., : out.shape[-1]]  # (B', M, H) the attention's keys
+        no_word = memory_ids == PAD_ID  # (B', M)
+        scores = (query @ keys.transpose(1, 2)) * out.shape[-1] ** -0.5  # (B', g*T, M)
+        weights = scores.float().masked_fill(no_word[:, None], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+        copy = vocab.new_zeros(len(memory), weights.shape[1], v)
+        copy.scatter_add_(2, memory_ids[:, None].expand(-1, weights.shape[1], -1), weights)
+        gate = torch.sigmoid(self.gate(both).float())  # (B, T, 1) the share written from the vocabulary
+        gate = torch.where(no_word.all(dim=1).repeat_interleave(b // len(memory))[:, None, None], 1.0, gate)
+        mixed = gate * vocab + (1 - gate) * copy.view(b, t, v)
+        return mixed.clamp_min(1e-30).log(), hidden
+
+
 class PlainCaptionDecoder(nn.Module):
     """GRU language model conditioned on the story state alone, + a linear head (the seed's decoder):
     no memory to attend over, no position embedding. Takes CaptionDecoder's arguments and calls."""
@@ -237,8 +305,8 @@ class PlainCaptionDecoder(nn.Module):
     def memory(
         self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """No memory: (B, 0, 0) and its (B, 0) mask, so decoding code treats both decoders alike."""
-        return states.new_zeros(len(states), 0, 0), pad[:, :0]
+        """No memory: (B, 0, 0), its (B, 0) mask and ids, so decoding code treats every decoder alike."""
+        return states.new_zeros(len(states), 0, 0), pad[:, :0], tokens[:, :0]
 
     def forward(
         self,
@@ -248,8 +316,9 @@ class PlainCaptionDecoder(nn.Module):
         memory_pad: torch.Tensor,
         hidden: torch.Tensor | None = None,
         start: int = 0,
+        memory_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory`, `memory_pad`, `start` unused."""
+        """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory*` and `start` unused."""
         features, hidden = self.features(inputs, state, memory, memory_pad, hidden, start)
         return self.head(features), hidden
 
@@ -282,6 +351,7 @@ class StoryEncoding:
     latent: torch.Tensor  # (B, Z) predicted next latent
     memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
+    memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
 
 
 class StoryModel(nn.Module):
@@ -337,24 +407,30 @@ class StoryModel(nn.Module):
         latent = self.latent_head(latents, state)
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
-        memory, memory_pad = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
-        return StoryEncoding(state, latent, memory, memory_pad)
+        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
+        return StoryEncoding(state, latent, memory, memory_pad, memory_ids)
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
-        logits, _ = self.caption(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
+        logits, _ = self.caption(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad,
+                                 memory_ids=enc.memory_ids)
         return logits
 
     def token_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """`caption_logits` at target's tokens only (padding skipped): (N, V) for the N = (target != <pad>).sum()
         tokens, in row order, the rows `target[target != PAD_ID]` names."""
+        if isinstance(self.caption, PointerCaptionDecoder):  # its mix of two distributions needs every column
+            return self.caption_logits(enc, target)[target != PAD_ID]
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         return self.caption.projection(features[target != PAD_ID])
 
     def caption_loss(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the mean cross-entropy over target's tokens (B, L) (padding ignored), as
         `caption_logits` + `F.cross_entropy(..., ignore_index=PAD_ID)` gives, without the (B, L, V) logits:
-        the vocabulary projection runs on the tokens only, fused with the loss (`linear_cross_entropy`)."""
+        the vocabulary projection runs on the tokens only, fused with the loss (`linear_cross_entropy`).
+        A copying decoder's log-probabilities are not one projection's: it pays for its (N, V) scores."""
+        if isinstance(self.caption, PointerCaptionDecoder):
+            return F.cross_entropy(self.token_logits(enc, target), target[target != PAD_ID])
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         tokens = target != PAD_ID  # (B, L)
         projection = self.caption.projection
@@ -368,7 +444,8 @@ class StoryModel(nn.Module):
         hidden, out = None, []
         finished = torch.zeros(len(token), dtype=torch.bool, device=token.device)
         for t in range(max_len):
-            logits, hidden = self.caption(token, enc.state, enc.memory, enc.memory_pad, hidden, start=t)
+            logits, hidden = self.caption(token, enc.state, enc.memory, enc.memory_pad, hidden, start=t,
+                                          memory_ids=enc.memory_ids)
             token = argmax_last(logits[:, -1])[:, None]
             out.append(token)
             finished |= token[:, 0] == EOS_ID
