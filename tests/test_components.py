@@ -77,9 +77,11 @@ def test_seed_experiment_autoencoder_has_a_fully_connected_384d_bottleneck() -> 
 
 def test_seed_experiment_runs_both_stages(tmp_path: Path) -> None:
     seed = ["experiment=seed", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
-    train(compose_config(tmp_path, "pretrain_ae", seed))
+    stage1 = compose_config(tmp_path, "pretrain_ae", seed)
+    train(stage1)
 
-    cfg = compose_config(tmp_path, "multimodal", seed)
+    # a run of 2 batches is a limited run, which model.ae_ckpt=auto skips: name it
+    cfg = compose_config(tmp_path, "multimodal", [*seed, f"model.ae_ckpt={stage1.paths.output_dir}"])
     assert cfg.data.story_batches is False
     train(cfg)
     story, _ = module_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
