@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,14 +210,26 @@ class CaptionDecoder(nn.Module):
         start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` up to the vocabulary projection: (B, T, H) features, GRU hidden (1, B, H)."""
+        out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
+        return self.head[:-1](torch.cat([out, read], dim=-1)), hidden
+
+    def read(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The GRU's outputs (B, T, H), what they read from the memory (B, T, H), GRU hidden (1, B, H)."""
         steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
         x = self.embed(inputs) + self.position(steps)[None]
         x = torch.cat([x, state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        read = self.attention(out, memory, memory_pad)
-        return self.head[:-1](torch.cat([out, read], dim=-1)), hidden
+        return out, self.attention(out, memory, memory_pad), hidden
 
 
 class PointerCaptionDecoder(CaptionDecoder):
@@ -229,18 +242,10 @@ class PointerCaptionDecoder(CaptionDecoder):
     to read. It returns log-probabilities, which argmax, log-softmax and cross-entropy read as logits.
     """
 
-    def __init__(
-        self,
-        embed: nn.Embedding,
-        state_dim: int,
-        memory_dim: int,
-        hidden_dim: int,
-        heads: int,
-        max_len: int,
-        latent_shape: tuple[int, int, int],
-        num_maps: int = 2,
-    ) -> None:
-        super().__init__(embed, state_dim, memory_dim, hidden_dim, heads, max_len, latent_shape, num_maps)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """CaptionDecoder's arguments; adds the copy head's query and the gate."""
+        super().__init__(*args, **kwargs)
+        hidden_dim = self.gru.hidden_size
         self.copy_query = nn.Linear(hidden_dim, hidden_dim)
         self.gate = nn.Linear(2 * hidden_dim, 1)
 
@@ -257,15 +262,9 @@ class PointerCaptionDecoder(CaptionDecoder):
         """As CaptionDecoder.forward, with memory_ids (B', M) from `memory` -> log-probabilities (B, T, V)."""
         if memory_ids is None:
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
-        steps = torch.arange(start, start + inputs.shape[1], device=inputs.device)
-        x = self.embed(inputs) + self.position(steps)[None]
-        x = torch.cat([x, state[:, None].expand(-1, inputs.shape[1], -1)], dim=-1)
-        if hidden is None:
-            hidden = torch.tanh(self.init_hidden(state))[None]
-        out, hidden = self.gru(x, hidden)  # (B, T, H)
-        read = self.attention(out, memory, memory_pad)
+        out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
         both = torch.cat([out, read], dim=-1)  # (B, T, 2H)
-        vocab = self.projection(self.head[:-1](both)).float().softmax(dim=-1)  # (B, T, V)
+        vocab = self.head(both).float().softmax(dim=-1)  # (B, T, V)
         b, t, v = vocab.shape
         # the copy head: one query per step against the memory's keys, over the positions that hold a word
         query = self.copy_query(out).reshape(len(memory), -1, out.shape[-1])  # (B', g*T, H)
