@@ -143,27 +143,12 @@ class CaptionDecoder(nn.Module):
         max_len: int,
         latent_shape: tuple[int, int, int],
         num_maps: int = 2,
-        cell_layers: int = 0,
-        num_captions: int = 1,
     ) -> None:
-        """`num_maps` latent maps are read: the last num_maps - 1 context latents and the predicted one.
-        cell_layers 0: each map's cells by a linear layer of their own; n > 0: n 3x3 convolutions over
-        the maps stacked, one cell per position that sees its neighbourhood in every map (where an
-        object is, where it was and where it goes)."""
         super().__init__()
         self.max_len = max_len  # positions: the longest caption it decodes
-        self.num_maps, self.num_captions = num_maps, num_captions
-        if num_captions > 1:  # which context caption a word is from, the last one at the end
-            self.caption_position = nn.Parameter(0.02 * torch.randn(num_captions, 1, hidden_dim))
         channels, height, width = latent_shape
-        if cell_layers:
-            widths = [num_maps * channels] + [hidden_dim] * cell_layers
-            convs = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:])]
-            self.cell_conv = nn.Sequential(*[m for conv in convs for m in (conv, nn.ReLU(inplace=True))][:-1])
-            self.cell_position = nn.Parameter(0.02 * torch.randn(1, height * width, hidden_dim))
-        else:
-            self.cell_proj = nn.Linear(channels, hidden_dim)
-            self.cell_position = nn.Parameter(0.02 * torch.randn(num_maps, height * width, hidden_dim))
+        self.cell_proj = nn.Linear(channels, hidden_dim)
+        self.cell_position = nn.Parameter(0.02 * torch.randn(num_maps, height * width, hidden_dim))
         self.embed = embed  # shared with the caption encoder
         embed_dim = embed.embedding_dim
         self.position = nn.Embedding(max_len, embed_dim)
@@ -179,19 +164,13 @@ class CaptionDecoder(nn.Module):
         """Keys the decoder attends over: the last caption's words and the cells of latent maps.
 
         states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
-        the last M - 1 context latents and the predicted next one, whose cells say where objects are and will be.
+        the last context latent and the predicted next one, whose cells say where objects are and will be.
         -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
         step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
         (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
         """
-        words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))  # (B, n, L, H)
-        if hasattr(self, "caption_position"):
-            words = words + self.caption_position[-words.shape[1]:]
-        words, tokens, pad = words.flatten(1, 2), tokens.flatten(1), pad.flatten(1)
-        if hasattr(self, "cell_conv"):  # (B, 1, h*w, H): one cell per position over all maps
-            cells = self.cell_conv(maps.flatten(1, 2)).flatten(2).transpose(1, 2)[:, None] + self.cell_position
-        else:  # (B, M, h*w, H)
-            cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position
+        words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
+        cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
         memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
         no_word = memory.shape[1] - pad.shape[1]
         ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
@@ -263,17 +242,12 @@ class PointerCaptionDecoder(CaptionDecoder):
     to read. It returns log-probabilities, which argmax, log-softmax and cross-entropy read as logits.
     """
 
-    def __init__(self, *args: Any, mix: str = "gate", **kwargs: Any) -> None:
-        """CaptionDecoder's arguments; adds the copy head's query and, with mix="gate", the gate.
-        mix="joint" puts the head's logits and the copy scores in one softmax instead (no gate): a word
-        the head writes and the same word copied compete directly."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """CaptionDecoder's arguments; adds the copy head's query and the gate."""
         super().__init__(*args, **kwargs)
         hidden_dim = self.gru.hidden_size
         self.copy_query = nn.Linear(hidden_dim, hidden_dim)
-        if mix == "gate":
-            self.gate = nn.Linear(2 * hidden_dim, 1)
-        elif mix != "joint":
-            raise ValueError(f"mix={mix!r}: gate or joint")
+        self.gate = nn.Linear(2 * hidden_dim, 1)
 
     def forward(
         self,
@@ -290,22 +264,14 @@ class PointerCaptionDecoder(CaptionDecoder):
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
         out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
         both = torch.cat([out, read], dim=-1)  # (B, T, 2H)
-        logits = self.head(both).float()  # (B, T, V)
-        b, t, v = logits.shape
+        vocab = self.head(both).float().softmax(dim=-1)  # (B, T, V)
+        b, t, v = vocab.shape
         # the copy head: one query per step against the memory's keys, over the positions that hold a word
         query = self.copy_query(out).reshape(len(memory), -1, out.shape[-1])  # (B', g*T, H)
         keys = memory[..., : out.shape[-1]]  # (B', M, H) the attention's keys
         no_word = memory_ids == PAD_ID  # (B', M)
         scores = (query @ keys.transpose(1, 2)) * out.shape[-1] ** -0.5  # (B', g*T, M)
-        scores = scores.float().masked_fill(no_word[:, None], float("-inf"))
-        if not hasattr(self, "gate"):  # one softmax over the head's V logits and the M copy scores
-            top = torch.maximum(logits.amax(dim=-1, keepdim=True), scores.amax(dim=-1, keepdim=True).view(b, t, 1))
-            copy = (scores - top.view(len(memory), -1, 1)).exp()
-            mass = (logits - top).exp().view(len(memory), -1, v).scatter_add(
-                2, memory_ids[:, None].expand(-1, copy.shape[1], -1), copy).view(b, t, v)
-            return (mass / mass.sum(dim=-1, keepdim=True)).clamp_min(1e-30).log(), hidden
-        vocab = logits.softmax(dim=-1)
-        weights = scores.softmax(dim=-1).nan_to_num(0.0)
+        weights = scores.float().masked_fill(no_word[:, None], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
         copy = vocab.new_zeros(len(memory), weights.shape[1], v)
         copy.scatter_add_(2, memory_ids[:, None].expand(-1, weights.shape[1], -1), weights)
         gate = torch.sigmoid(self.gate(both).float())  # (B, T, 1) the share written from the vocabulary
@@ -339,7 +305,7 @@ class PlainCaptionDecoder(nn.Module):
         self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """No memory: (B, 0, 0), its (B, 0) mask and ids, so decoding code treats every decoder alike."""
-        return states.new_zeros(len(states), 0, 0), pad.flatten(1)[:, :0], tokens.flatten(1)[:, :0]
+        return states.new_zeros(len(states), 0, 0), pad[:, :0], tokens[:, :0]
 
     def forward(
         self,
@@ -438,9 +404,9 @@ class StoryModel(nn.Module):
         _, hidden = self.story(fused.view(b, k, -1))
         state = hidden[-1]  # (B, S)
         latent = self.latent_head(latents, state)
-        maps = read_maps(latents, latent, getattr(self.caption, "num_maps", 2)).view(b, -1, *self.latent_shape)
-        read = inverse.view(b, k)[:, -getattr(self.caption, "num_captions", 1):]  # the captions it reads, (B, n)
-        memory, memory_pad, memory_ids = self.caption.memory(states[read], captions[:, -read.shape[1]:], pad[read], maps)
+        maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
+        last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
+        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
         return StoryEncoding(state, latent, memory, memory_pad, memory_ids)
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
@@ -487,14 +453,6 @@ class StoryModel(nn.Module):
         tokens = torch.cat(out, dim=1)
         tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID)
         return mask_after_eos(tokens)
-
-
-def read_maps(latents: torch.Tensor, latent: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` latents a caption decoder reads: the last count - 1 of the context (B, K, Z), the
-    first repeated where the context is shorter, then the predicted one (B, Z) -> (B, count, Z)."""
-    context = latents[:, -(count - 1):] if count > 1 else latents[:, :0]
-    missing = count - 1 - context.shape[1]
-    return torch.cat([context[:, :1].expand(-1, missing, -1), context, latent[:, None]], dim=1)
 
 
 def teacher_inputs(target: torch.Tensor) -> torch.Tensor:
