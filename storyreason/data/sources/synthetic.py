@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,6 +58,20 @@ class _Object:
     vy: float
     r: int
     ident: int = -1  # the order the object entered its story in (-1 until it has one)
+
+
+@dataclass
+class _Step:
+    """One frame of a story being simulated: its objects after the step's events, the walls each bounced
+    off on its way in, the events, and the objects as the dynamics alone left them (`expected`)."""
+
+    t: int
+    background: tuple[int, int, int]
+    style: ProseStyle | None
+    objects: list[_Object]
+    walls: dict[int, tuple[str, ...]]
+    events: list[Event]
+    expected: list[_Object]
 
 
 class SyntheticWorld:
@@ -137,6 +151,29 @@ class SyntheticWorld:
     def story(self, split_index: int, index: int) -> tuple[str, np.ndarray, list[str], Surprises]:
         """One story: (story_id, frames (T, 3, H, W) uint8, T captions, oracles), where oracles maps each
         frame t that a random event changed to the frame and caption it would have had without it."""
+        frames, captions, oracles = [], [], {}
+        for step in self._simulate(split_index, index):
+            if step.events:
+                oracles[step.t] = (self._render(step.background, step.expected),
+                                   self._caption(step.style, step.t, step.expected, step.walls, []))
+            frames.append(self._render(step.background, step.objects))
+            captions.append(self._caption(step.style, step.t, step.objects, step.walls, step.events))
+        return f"synthetic-{SPLITS[split_index]}-{index:06d}", np.stack(frames), captions, oracles
+
+    def facts(self, split_index: int, index: int) -> tuple[ProseStyle | None, list[dict[int, Thing]], list[dict[int, Thing]]]:
+        """What a story's captions state of its objects, for scoring generated captions fact by fact
+        (`benchmarks/prose_facts.py`): its prose style (None for list captions) and, per frame, object
+        ident -> `Thing` (3x3 cell, direction, the walls it bounced off on its way into the frame), as the
+        caption shows them (after the frame's random events) and as the dynamics alone give them (before)."""
+        style, shown, expected = None, [], []
+        for step in self._simulate(split_index, index):
+            style = step.style
+            shown.append({obj.ident: self._thing(obj, step.walls.get(obj.ident, ())) for obj in step.objects})
+            expected.append({obj.ident: self._thing(obj, step.walls.get(obj.ident, ())) for obj in step.expected})
+        return style, shown, expected
+
+    def _simulate(self, split_index: int, index: int) -> Iterator[_Step]:
+        """A story's frames one by one, as states (the objects of a step are only valid until the next)."""
         rng = np.random.default_rng([self.seed, split_index, index])
         background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         objects = [self._new_object(rng, inside=True) for _ in range(rng.integers(1, self.max_objects + 1))]
@@ -145,20 +182,16 @@ class SyntheticWorld:
         # prose draws from a stream of its own, so the stories' frames are those of the list world
         style = (ProseStyle(np.random.default_rng([self.seed, split_index, index, 1]), BACKGROUNDS.index(background))
                  if self.captions == "prose" else None)
-        frames, captions, oracles, born = [], [], {}, len(objects)
+        born = len(objects)
         walls: dict[int, tuple[str, ...]] = {}  # object -> the walls it bounced off on its way into this frame
         for t in range(self.story_length):
-            events = []
+            events, expected = [], objects
             if t > 0:
                 walls = {obj.ident: self._move(obj) for obj in objects}
                 expected = [dataclasses.replace(obj) for obj in objects]  # the state before this step's events
                 events = self._events(rng, objects, born)
                 born += sum(event.kind == "appears" for event in events)
-                if events:
-                    oracles[t] = (self._render(background, expected), self._caption(style, t, expected, walls, []))
-            frames.append(self._render(background, objects))
-            captions.append(self._caption(style, t, objects, walls, events))
-        return f"synthetic-{SPLITS[split_index]}-{index:06d}", np.stack(frames), captions, oracles
+            yield _Step(t, background, style, objects, walls, events, expected)
 
     def _new_object(self, rng: np.random.Generator, inside: bool) -> _Object:
         size = self.image_size

@@ -1,0 +1,152 @@
+"""What generated paragraphs of the prose world (`data=prose`) get right, fact by fact, and what each fact is worth.
+
+    python benchmarks/prose_facts.py outputs/evaluate/<run>/captions.tsv [--column generated]
+    python benchmarks/prose_facts.py --worth [--stories 300]
+
+The first form reads the captions.tsv of `python train.py stage=evaluate data=prose ckpt_path=<run>` and,
+for every object that the target frame and the last context frame both show, checks the sentence that
+names it: is its 3x3 region the true one (split by whether the region changed since the last frame), its
+direction, and does it say a bounce exactly when the object bounced? Every column of the file is scored
+(the model's and copy_last_caption's side by side).
+The second writes the last paragraph again with the facts the context determines updated one kind at a
+time (the step, then the regions, the directions, the bounces: the last is the world's oracle) and prints
+each version's chrF against the test split's paragraphs: how much of the gap from copying to the oracle
+each kind of fact closes. Both read the world from `conf/data/prose.yaml` as train.py composes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from storyreason.data.sources.prose import ProseStyle, Thing  # noqa: E402
+from storyreason.data.sources.synthetic import SyntheticWorld  # noqa: E402
+from storyreason.data.stories import SPLITS  # noqa: E402
+from storyreason.data.tokenizer import normalize_text  # noqa: E402
+from storyreason.metrics import CharF  # noqa: E402
+
+FACTS = ("region, changed", "region, same", "direction", "bounce, happened", "bounce, none")
+LEVELS = ("copy_last_caption", "+ step", "+ regions", "+ directions", "+ bounces (the oracle)")
+
+
+def prose_world(overrides: Iterable[str] = ()) -> SyntheticWorld:
+    """`data=prose`'s source, as train.py composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["data=prose", *overrides])
+    return instantiate(cfg.data.source)
+
+
+def _sentence(paragraph: str, name: str) -> str | None:
+    """The first sentence (or clause after a ';') of `paragraph` that names `name`."""
+    for sentence in paragraph.replace(";", ".").split("."):
+        if name in sentence.replace(",", " ").split():
+            return sentence
+    return None
+
+
+def _bounced(sentence: str) -> bool:
+    return "bounc" in sentence or " hit " in f" {sentence} "
+
+
+def score_facts(world: SyntheticWorld, rows: Iterable[tuple[str, int, str]]) -> dict[str, tuple[int, int]]:
+    """rows of (story id, target frame, paragraph) -> fact -> (right, checked) over the objects the target
+    frame and the one before it both show."""
+    counts: Counter = Counter()
+    stories: dict[str, tuple[ProseStyle, list[dict[int, Thing]]]] = {}
+    for story_id, t, paragraph in rows:
+        if story_id not in stories:
+            split, index = story_id.rsplit("-", 2)[-2:]
+            stories[story_id] = world.facts(SPLITS.index(split), int(index))[:2]
+        style, facts = stories[story_id]
+        for ident, thing in facts[t].items():
+            if ident not in facts[t - 1]:
+                continue
+            before, sentence = facts[t - 1][ident], _sentence(paragraph, style._name(thing)) or ""
+            region = "region, changed" if (before.row, before.col) != (thing.row, thing.col) else "region, same"
+            bounce = "bounce, happened" if thing.walls else "bounce, none"
+            checks = {region: normalize_text(style._region(thing)) in sentence,
+                      "direction": normalize_text(style._direction(thing)) in sentence,
+                      bounce: bool(sentence) and _bounced(sentence) == bool(thing.walls)}
+            for fact, right in checks.items():
+                counts[fact, "checked"] += 1
+                counts[fact, "right"] += right
+    return {fact: (counts[fact, "right"], counts[fact, "checked"]) for fact in FACTS if counts[fact, "checked"]}
+
+
+def worth(world: SyntheticWorld, split: str = "test", stories: int | None = None, context: int = 4) -> dict[str, float]:
+    """chrF against the split's paragraphs of the last paragraph with the facts the context determines
+    updated cumulatively (LEVELS), over every window of `context` frames."""
+    split_index = SPLITS.index(split)
+    written: dict[str, list[str]] = {level: [] for level in LEVELS}
+    references: list[str] = []
+    for index in range(stories if stories is not None else world.num_stories[split]):
+        style, shown, expected = world.facts(split_index, index)
+        _, _, captions, _ = world.story(split_index, index)
+        for t in range(context, len(captions)):
+            references.append(normalize_text(captions[t]))
+            written[LEVELS[0]].append(normalize_text(captions[t - 1]))
+            for level in range(1, len(LEVELS)):  # the last frame's objects, moved by the dynamics alone
+                things = [_updated(thing, expected[t][ident], level) for ident, thing in shown[t - 1].items()]
+                written[LEVELS[level]].append(normalize_text(style.caption(t + 1, things, [])))
+    scores = {}
+    for level, paragraphs in written.items():
+        metric = CharF()
+        metric.update(paragraphs, references)
+        scores[level] = float(metric.compute())
+    return scores
+
+
+def _updated(thing: Thing, now: Thing, level: int) -> Thing:
+    """`thing` of the last frame with the next frame's facts up to `level` (1: the step only, which the
+    caption writes; 2: + region; 3: + direction; 4: + the walls it bounced off, replacing the last frame's)."""
+    fields = {2: ("row", "col"), 3: ("row", "col", "down", "right"), 4: ("row", "col", "down", "right", "walls")}
+    return dataclasses.replace(thing, **{f: getattr(now, f) for f in fields.get(level, ())})
+
+
+def read_captions(path: Path) -> tuple[list[str], list[tuple[str, int, dict[str, str]]]]:
+    """captions.tsv -> its paragraph columns and rows of (story id, target frame, column -> paragraph)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        columns = [c for c in reader.fieldnames or [] if c not in ("story_id", "target_frame")]
+        rows = [(row["story_id"], int(row["target_frame"]), row) for row in reader]
+    return columns, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("captions", nargs="?", type=Path, help="captions.tsv of stage=evaluate data=prose")
+    parser.add_argument("--worth", action="store_true", help="chrF of the last paragraph with each kind of fact updated")
+    parser.add_argument("--stories", type=int, default=None, help="with --worth: the first N test stories only")
+    args = parser.parse_args(argv)
+    if not args.worth and args.captions is None:
+        parser.error("give a captions.tsv, or --worth")
+    world = prose_world()
+    if args.worth:
+        scores = worth(world, stories=args.stories)
+        copy, oracle = scores[LEVELS[0]], scores[LEVELS[-1]]
+        print("| the last paragraph | chrF | share of the copy-to-oracle gap |\n|---|---:|---:|")
+        for level, value in scores.items():
+            print(f"| {level} | {value:.4f} | {(value - copy) / (oracle - copy):.2f} |")
+    if args.captions is not None:
+        columns, rows = read_captions(args.captions)
+        results = {c: score_facts(world, [(s, t, row[c]) for s, t, row in rows]) for c in columns}
+        print("| fact | checked | " + " | ".join(columns) + " |\n|---|---:|" + "---:|" * len(columns))
+        for fact in FACTS:
+            checked = results[columns[0]].get(fact, (0, 0))[1]
+            cells = [f"{right / n:.3f}" if n else "-" for right, n in (results[c].get(fact, (0, 0)) for c in columns)]
+            print(f"| {fact} | {checked} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
