@@ -2,6 +2,7 @@
 
     python benchmarks/prose_facts.py outputs/evaluate/<run>/captions.tsv [--column generated]
     python benchmarks/prose_facts.py --worth [--stories 300]
+    python benchmarks/prose_facts.py --history
 
 The first form reads the captions.tsv of `python train.py stage=evaluate data=prose ckpt_path=<run>` and,
 for every object that the target frame and the last context frame both show, checks the sentence that
@@ -11,7 +12,10 @@ direction, and does it say a bounce exactly when the object bounced? Every colum
 The second writes the last paragraph again with the facts the context determines updated one kind at a
 time (the step, then the regions, the directions, the bounces: the last is the world's oracle) and prints
 each version's chrF against the test split's paragraphs: how much of the gap from copying to the oracle
-each kind of fact closes. Both read the world from `conf/data/prose.yaml` as train.py composes it.
+each kind of fact closes. The third asks how much of an object's next row its four context captions
+tell: a table from the rows, vertical directions and bounces those captions state to the most frequent
+next row, fitted on the train split, scored on test, against copying the last row. All read the world
+from `conf/data/prose.yaml` as train.py composes it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import argparse
 import csv
 import dataclasses
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -114,6 +118,33 @@ def _updated(thing: Thing, now: Thing, level: int) -> Thing:
     return dataclasses.replace(thing, **{f: getattr(now, f) for f in fields.get(level, ())})
 
 
+def row_histories(world: SyntheticWorld, split: str, stories: int | None = None, context: int = 4
+                  ) -> list[tuple[tuple, int]]:
+    """(what the `context` captions before a frame state of an object's row: row, moving down, bounced off
+    the top or bottom, per caption; the row the frame states) for every object the window shows throughout."""
+    split_index, out = SPLITS.index(split), []
+    for index in range(stories if stories is not None else world.num_stories[split]):
+        shown = world.facts(split_index, index)[1]
+        for t in range(context, len(shown)):
+            for ident, thing in shown[t].items():
+                if all(ident in shown[s] for s in range(t - context, t)):
+                    history = tuple((shown[s][ident].row, shown[s][ident].down,
+                                     bool({"top", "bottom"} & set(shown[s][ident].walls))) for s in range(t - context, t))
+                    out.append((history, thing.row))
+    return out
+
+
+def row_from_history(world: SyntheticWorld, context: int = 4) -> tuple[float, float]:
+    """Test accuracy of the next row from the captions' row history (a table fitted on train), and of
+    copying the last caption's row."""
+    table: dict[tuple, Counter] = defaultdict(Counter)
+    for history, row in row_histories(world, "train", context=context):
+        table[history][row] += 1
+    test = row_histories(world, "test", context=context)
+    fitted = sum(bool(table[h]) and table[h].most_common(1)[0][0] == row for h, row in test) / len(test)
+    return fitted, sum(h[-1][0] == row for h, row in test) / len(test)
+
+
 def read_captions(path: Path) -> tuple[list[str], list[tuple[str, int, dict[str, str]]]]:
     """captions.tsv -> its paragraph columns and rows of (story id, target frame, column -> paragraph)."""
     with open(path, newline="") as f:
@@ -127,10 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("captions", nargs="?", type=Path, help="captions.tsv of stage=evaluate data=prose")
     parser.add_argument("--worth", action="store_true", help="chrF of the last paragraph with each kind of fact updated")
+    parser.add_argument("--history", action="store_true", help="the next row from the context captions' rows")
     parser.add_argument("--stories", type=int, default=None, help="with --worth: the first N test stories only")
     args = parser.parse_args(argv)
-    if not args.worth and args.captions is None:
-        parser.error("give a captions.tsv, or --worth")
+    if not (args.worth or args.history) and args.captions is None:
+        parser.error("give a captions.tsv, --worth or --history")
     world = prose_world()
     if args.worth:
         scores = worth(world, stories=args.stories)
@@ -138,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         print("| the last paragraph | chrF | share of the copy-to-oracle gap |\n|---|---:|---:|")
         for level, value in scores.items():
             print(f"| {level} | {value:.4f} | {(value - copy) / (oracle - copy):.2f} |")
+    if args.history:
+        fitted, copy = row_from_history(world)
+        print(f"next row from the context captions' rows, directions and bounces: {fitted:.3f} of test objects "
+              f"right (a table fitted on train); copying the last row: {copy:.3f}")
     if args.captions is not None:
         columns, rows = read_captions(args.captions)
         results = {c: score_facts(world, [(s, t, row[c]) for s, t, row in rows]) for c in columns}

@@ -67,3 +67,10 @@ def test_the_command_scores_every_column_of_a_captions_file(world: SyntheticWorl
     table = capsys.readouterr().out
     assert "| fact | checked | reference | copy_last_caption |" in table
     assert any(line.startswith("| region, changed |") and line.endswith("| 1.000 | 0.000 |") for line in table.splitlines())
+
+
+def test_the_context_captions_tell_the_next_row_better_than_copying_it() -> None:
+    """docs/prose.md: the answer is in the context, so a model can beat copying the region."""
+    world = SyntheticWorld({"train": 300, "val": 1, "test": STORIES}, captions="prose")
+    fitted, copy = prose_facts.row_from_history(world)
+    assert fitted > copy + 0.1, (fitted, copy)
