@@ -143,7 +143,10 @@ class CaptionDecoder(nn.Module):
         max_len: int,
         latent_shape: tuple[int, int, int],
         num_maps: int = 2,
+        hops: int = 1,
     ) -> None:
+        """`hops` reads of the memory per step: each after the first queries with what the ones before
+        read (from the caption, which object the sentence is about; then, from the map cells, where it is)."""
         super().__init__()
         self.max_len = max_len  # positions: the longest caption it decodes
         channels, height, width = latent_shape
@@ -156,6 +159,7 @@ class CaptionDecoder(nn.Module):
         self.gru = nn.GRU(embed_dim + state_dim, hidden_dim, batch_first=True)
         self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
         self.attention = MemoryAttention(hidden_dim, heads)
+        self.hops = nn.ModuleList(MemoryAttention(hidden_dim, heads) for _ in range(hops - 1))
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
     def memory(
@@ -165,13 +169,14 @@ class CaptionDecoder(nn.Module):
 
         states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
         the last context latent and the predicted next one, whose cells say where objects are and will be.
-        -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
+        -> memory (B, L + M*h*w, 2H * hops), each hop's keys and values, projected once for every decoding
         step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
         (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
-        memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
+        keys = torch.cat([words, cells.flatten(1, 2)], dim=1)
+        memory = torch.cat([attention.project(keys) for attention in (self.attention, *self.hops)], dim=-1)
         no_word = memory.shape[1] - pad.shape[1]
         ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
         return memory, torch.cat([pad, pad.new_zeros(len(pad), no_word)], dim=1), ids
@@ -229,7 +234,11 @@ class CaptionDecoder(nn.Module):
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        return out, self.attention(out, memory, memory_pad), hidden
+        width = 2 * out.shape[-1]
+        read = self.attention(out, memory[..., :width], memory_pad)
+        for i, attention in enumerate(self.hops, start=1):
+            read = read + attention(out + read, memory[..., i * width:(i + 1) * width], memory_pad)
+        return out, read, hidden
 
 
 class PointerCaptionDecoder(CaptionDecoder):
@@ -348,7 +357,7 @@ class StoryEncoding:
 
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
-    memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
+    memory: torch.Tensor  # (B, L + M*h*w, 2H * hops) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
     memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
 
@@ -370,13 +379,15 @@ class StoryModel(nn.Module):
         latent_hidden: int = 64,
         latent_head: Callable[..., nn.Module] = LatentHead,
         caption_memory: Callable[..., nn.Module] = CaptionDecoder,
+        bidirectional: bool = False,
     ) -> None:
         """`latent_head(latent_shape, state_dim, latent_hidden)` and `caption_memory(embed, state_dim,
-        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks."""
+        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks;
+        `bidirectional` caption encoder (`CaptionEncoder`)."""
         super().__init__()
         self.max_caption_len = max_caption_len
         latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
-        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
+        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim, bidirectional)
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
         self.latent_head = latent_head(latent_shape, state_dim, latent_hidden)
