@@ -144,9 +144,12 @@ class CaptionDecoder(nn.Module):
         latent_shape: tuple[int, int, int],
         num_maps: int = 2,
         hops: int = 1,
+        cell_read: bool = False,
     ) -> None:
         """`hops` reads of the memory per step: each after the first queries with what the ones before
-        read (from the caption, which object the sentence is about; then, from the map cells, where it is)."""
+        read (from the caption, which object the sentence is about; then, from the map cells, where it is).
+        `cell_read`: the map cells get a read of their own, after the others and queried with what they
+        read, instead of sharing one softmax with the caption's words (where the words win)."""
         super().__init__()
         self.max_len = max_len  # positions: the longest caption it decodes
         channels, height, width = latent_shape
@@ -160,6 +163,8 @@ class CaptionDecoder(nn.Module):
         self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
         self.attention = MemoryAttention(hidden_dim, heads)
         self.hops = nn.ModuleList(MemoryAttention(hidden_dim, heads) for _ in range(hops - 1))
+        self.cell_attention = MemoryAttention(hidden_dim, heads) if cell_read else None
+        self.num_cells = num_maps * height * width
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
     def memory(
@@ -176,7 +181,7 @@ class CaptionDecoder(nn.Module):
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
         keys = torch.cat([words, cells.flatten(1, 2)], dim=1)
-        memory = torch.cat([attention.project(keys) for attention in (self.attention, *self.hops)], dim=-1)
+        memory = torch.cat([attention.project(keys) for attention in self.reads()], dim=-1)
         no_word = memory.shape[1] - pad.shape[1]
         ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
         return memory, torch.cat([pad, pad.new_zeros(len(pad), no_word)], dim=1), ids
@@ -234,11 +239,17 @@ class CaptionDecoder(nn.Module):
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        width = 2 * out.shape[-1]
-        read = self.attention(out, memory[..., :width], memory_pad)
-        for i, attention in enumerate(self.hops, start=1):
-            read = read + attention(out + read, memory[..., i * width:(i + 1) * width], memory_pad)
+        width, cells = 2 * out.shape[-1], (slice(None), slice(-self.num_cells, None))
+        words = (slice(None), slice(None, -self.num_cells)) if self.cell_attention is not None else cells[:1]
+        read = out.new_zeros(())
+        for i, attention in enumerate(self.reads()):
+            where = cells if attention is self.cell_attention else words
+            read = read + attention(out + read, memory[where][..., i * width:(i + 1) * width], memory_pad[where])
         return out, read, hidden
+
+    def reads(self) -> list[MemoryAttention]:
+        """The memory's reads in the order a step makes them, each queried with the sum of those before."""
+        return [self.attention, *self.hops, *([self.cell_attention] if self.cell_attention is not None else [])]
 
 
 class PointerCaptionDecoder(CaptionDecoder):
