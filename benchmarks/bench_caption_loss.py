@@ -1,13 +1,16 @@
 """The stage-2 story model's training step at the StoryReasoning recipe's full-scale shapes, by caption loss.
 
     .venv/bin/python benchmarks/bench_caption_loss.py [--batch 64] [--vocab 7465] [--max-len 120] [--rounds 3]
-                                                      [--threads N]
+                                                      [--threads N] [--decoder attention|pointer]
 
 One story batch (windows of one long story: shared context frames, as story batches have), captions of
 50 to `--max-len` tokens, forward + backward + Adam of the story model (the frozen autoencoder's part of a
 step does not depend on the loss). Contestants, timed in turn each round: the logits (B, L, V) and
 `F.cross_entropy` (the previous step), `StoryModel.caption_loss` (tokens only, fused projection + loss),
 and both under bf16 autocast (`trainer.precision=bf16-mixed`). Prints each median and its speedup.
+`--decoder pointer` times the copying decoder (`model/story/caption_memory=pointer`), whose logits are
+its mixed log-probabilities and whose `caption_loss` reads the target's only (at the prose world's
+shapes: `--vocab 846 --max-len 109`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from storyreason.data.tokenizer import PAD_ID
-from storyreason.models.story import StoryModel
+from storyreason.models.story import PointerCaptionDecoder, StoryModel
 
 LATENT_DIM = 384
 
@@ -66,11 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-len", type=int, default=120, help="tokens per caption (the stand-in's max_caption_len)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--decoder", choices=("attention", "pointer"), default="attention",
+                        help="the caption decoder (model/story/caption_memory)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = StoryModel(args.vocab, (6, 8, 8), args.max_len)
+    extra = {"caption_memory": PointerCaptionDecoder} if args.decoder == "pointer" else {}
+    model = StoryModel(args.vocab, (6, 8, 8), args.max_len, **extra)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     batch = story_batch(args.batch, args.vocab, args.max_len)
     contestants = {"logits + cross_entropy": (logits_loss, False), "caption_loss (fused)": (fused_loss, False),
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(step())
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians["logits + cross_entropy"]
-    print(f"story-model step, {args.batch} windows x {args.max_len} tokens, vocab {args.vocab}, "
+    print(f"story-model step ({args.decoder} decoder), {args.batch} windows x {args.max_len} tokens, vocab {args.vocab}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds}:")
     for name, seconds in medians.items():
         print(f"  {name:30s} {seconds:6.2f} s  {base / seconds:4.2f}x")

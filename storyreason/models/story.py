@@ -280,24 +280,65 @@ class PointerCaptionDecoder(CaptionDecoder):
         memory_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As CaptionDecoder.forward, with memory_ids (B', M) from `memory` -> log-probabilities (B, T, V)."""
+        both, weights, gate, ids, hidden = self.parts(inputs, state, memory, memory_pad, hidden, start, memory_ids)
+        return self.mix(self.head(both), weights, gate, ids), hidden
+
+    def parts(
+        self,
+        inputs: torch.Tensor,
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pad: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
+        memory_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the mix is made of, per step: the head's input (B, T, 2H), the copy weights over the memory
+        (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M) (an expanded view) and the GRU
+        hidden; `mix` and `target_log_probs` pick the rows they need before any (.., V) tensor is made."""
         if memory_ids is None:
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
         out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
         both = torch.cat([out, read], dim=-1)  # (B, T, 2H)
-        vocab = self.head(both).float().softmax(dim=-1)  # (B, T, V)
-        b, t, v = vocab.shape
+        (b, t), group = inputs.shape, len(inputs) // len(memory)
         # the copy head: one query per step against the memory's keys, over the positions that hold a word
         query = self.copy_query(out).reshape(len(memory), -1, out.shape[-1])  # (B', g*T, H)
         keys = memory[..., : out.shape[-1]]  # (B', M, H) the attention's keys
         no_word = memory_ids == PAD_ID  # (B', M)
         scores = (query @ keys.transpose(1, 2)) * out.shape[-1] ** -0.5  # (B', g*T, M)
         weights = scores.float().masked_fill(no_word[:, None], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
-        copy = vocab.new_zeros(len(memory), weights.shape[1], v)
-        copy.scatter_add_(2, memory_ids[:, None].expand(-1, weights.shape[1], -1), weights)
         gate = torch.sigmoid(self.gate(both).float())  # (B, T, 1) the share written from the vocabulary
-        gate = torch.where(no_word.all(dim=1).repeat_interleave(b // len(memory))[:, None, None], 1.0, gate)
-        mixed = gate * vocab + (1 - gate) * copy.view(b, t, v)
-        return mixed.clamp_min(1e-30).log(), hidden
+        gate = torch.where(no_word.all(dim=1).repeat_interleave(group)[:, None, None], 1.0, gate)
+        ids = memory_ids.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)  # (B, T, M)
+        return both, weights.view(b, t, -1), gate, ids, hidden
+
+    @staticmethod
+    def mix(logits: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The head's logits (.., V), copy weights (.., M), gate (.., 1) and memory ids (.., M) of the same
+        rows -> the mixed log-probabilities (.., V)."""
+        vocab = logits.float().softmax(dim=-1)
+        copy = vocab.new_zeros(vocab.shape).scatter_add_(-1, ids, weights)
+        return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
+
+    def target_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
+                         memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
+        """log p(target) (N,) at targets' N tokens (padding skipped), as `forward` then a gather gives, without
+        any (.., V) tensor but the head's logits at those tokens: training needs no other column."""
+        both, weights, gate, ids, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids)
+        tokens = targets != PAD_ID
+        words = targets[tokens]
+        logits = self.head(both[tokens]).float()  # (N, V)
+        vocab = (logits.gather(1, words[:, None])[:, 0] - logits.logsumexp(dim=-1)).exp()
+        copy = (weights[tokens] * (ids[tokens] == words[:, None])).sum(dim=-1)
+        gate = gate[tokens][:, 0]
+        return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
+
+    def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
+                        memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
+        """`forward`'s log-probabilities (N, V) at targets' N tokens only (padding skipped)."""
+        both, weights, gate, ids, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids)
+        tokens = targets != PAD_ID
+        return self.mix(self.head(both[tokens]), weights[tokens], gate[tokens], ids[tokens])
 
 
 class PlainCaptionDecoder(nn.Module):
@@ -440,8 +481,9 @@ class StoryModel(nn.Module):
     def token_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """`caption_logits` at target's tokens only (padding skipped): (N, V) for the N = (target != <pad>).sum()
         tokens, in row order, the rows `target[target != PAD_ID]` names."""
-        if isinstance(self.caption, PointerCaptionDecoder):  # its mix of two distributions needs every column
-            return self.caption_logits(enc, target)[target != PAD_ID]
+        if isinstance(self.caption, PointerCaptionDecoder):  # log-probabilities: a mix of two distributions
+            return self.caption.token_log_probs(teacher_inputs(target), target, enc.state, enc.memory,
+                                                enc.memory_pad, enc.memory_ids)
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         return self.caption.projection(features[target != PAD_ID])
 
@@ -449,9 +491,11 @@ class StoryModel(nn.Module):
         """Teacher forcing: the mean cross-entropy over target's tokens (B, L) (padding ignored), as
         `caption_logits` + `F.cross_entropy(..., ignore_index=PAD_ID)` gives, without the (B, L, V) logits:
         the vocabulary projection runs on the tokens only, fused with the loss (`linear_cross_entropy`).
-        A copying decoder's log-probabilities are not one projection's: it pays for its (N, V) scores."""
+        A copying decoder's loss is its log-probability of each target token (`target_log_probs`), with the
+        head's logits at the tokens only."""
         if isinstance(self.caption, PointerCaptionDecoder):
-            return F.cross_entropy(self.token_logits(enc, target), target[target != PAD_ID])
+            return -self.caption.target_log_probs(teacher_inputs(target), target, enc.state, enc.memory,
+                                                  enc.memory_pad, enc.memory_ids).mean()
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         tokens = target != PAD_ID  # (B, L)
         projection = self.caption.projection

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from storyreason.data.tokenizer import PAD_ID
 from storyreason.models.losses import linear_cross_entropy
-from storyreason.models.story import PlainCaptionDecoder, StoryModel
+from storyreason.models.story import PlainCaptionDecoder, PointerCaptionDecoder, StoryModel
 
 
 def leaves(n: int = 37, features: int = 16, vocab: int = 50, seed: int = 0) -> list[torch.Tensor]:
@@ -49,11 +49,16 @@ def test_linear_cross_entropy_under_bf16_autocast_is_close_and_float32() -> None
         assert torch.linalg.norm(got - want) < 0.05 * torch.linalg.norm(want)
 
 
-@pytest.mark.parametrize("decoder", ["attention", "none"])
+DECODERS = {"attention": {}, "none": {"caption_memory": PlainCaptionDecoder},
+            "pointer": {"caption_memory": PointerCaptionDecoder}}
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_caption_loss_is_the_cross_entropy_of_caption_logits(decoder: str) -> None:
-    """StoryModel.caption_loss == cross-entropy of caption_logits with padding ignored, and the same gradients."""
+    """StoryModel.caption_loss == cross-entropy of caption_logits with padding ignored, and the same gradients
+    (a copying decoder's logits are log-probabilities: its loss reads only the target's)."""
     torch.manual_seed(0)
-    extra = {"caption_memory": PlainCaptionDecoder} if decoder == "none" else {}
+    extra = DECODERS[decoder]
     model = StoryModel(30, (2, 2, 2), 9, embed_dim=8, text_dim=8, fusion_dim=16, state_dim=16, decoder_dim=16,
                        heads=2, latent_hidden=4, **extra)
     captions, lengths = torch.randint(4, 30, (6, 3, 9)), torch.full((6, 3), 9)
@@ -72,10 +77,11 @@ def test_caption_loss_is_the_cross_entropy_of_caption_logits(decoder: str) -> No
     assert len(grads_a) == len(grads_b) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_a, grads_b))
 
 
-def test_token_logits_are_caption_logits_at_the_tokens() -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_token_logits_are_caption_logits_at_the_tokens(decoder: str) -> None:
     torch.manual_seed(0)
     model = StoryModel(30, (2, 2, 2), 9, embed_dim=8, text_dim=8, fusion_dim=16, state_dim=16, decoder_dim=16,
-                       heads=2, latent_hidden=4).eval()
+                       heads=2, latent_hidden=4, **DECODERS[decoder]).eval()
     captions, lengths = torch.randint(4, 30, (6, 3, 9)), torch.full((6, 3), 9)
     target = torch.randint(4, 30, (6, 9))
     target[torch.arange(9) >= torch.randint(1, 10, (6, 1))] = PAD_ID
