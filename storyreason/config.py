@@ -124,7 +124,6 @@ SCHEMA: dict[str, Rule] = {
     "model.autoencoder.channels": list_of(integer(1)),
     "model.autoencoder.latent_dim": integer(1),
     "model.autoencoder.bottleneck": choice("spatial", "fc"),
-    "model.story.bidirectional": BOOL,
     "model.story.*": integer(1),
     "model.context": integer(1),
     "model.max_caption_len": integer(2) | choice("auto"),

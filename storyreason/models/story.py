@@ -143,13 +143,7 @@ class CaptionDecoder(nn.Module):
         max_len: int,
         latent_shape: tuple[int, int, int],
         num_maps: int = 2,
-        hops: int = 1,
-        cell_read: bool = False,
     ) -> None:
-        """`hops` reads of the memory per step: each after the first queries with what the ones before
-        read (from the caption, which object the sentence is about; then, from the map cells, where it is).
-        `cell_read`: the map cells get a read of their own, after the others and queried with what they
-        read, instead of sharing one softmax with the caption's words (where the words win)."""
         super().__init__()
         self.max_len = max_len  # positions: the longest caption it decodes
         channels, height, width = latent_shape
@@ -162,9 +156,6 @@ class CaptionDecoder(nn.Module):
         self.gru = nn.GRU(embed_dim + state_dim, hidden_dim, batch_first=True)
         self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
         self.attention = MemoryAttention(hidden_dim, heads)
-        self.hops = nn.ModuleList(MemoryAttention(hidden_dim, heads) for _ in range(hops - 1))
-        self.cell_attention = MemoryAttention(hidden_dim, heads) if cell_read else None
-        self.num_cells = num_maps * height * width
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
     def memory(
@@ -174,14 +165,13 @@ class CaptionDecoder(nn.Module):
 
         states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
         the last context latent and the predicted next one, whose cells say where objects are and will be.
-        -> memory (B, L + M*h*w, 2H * hops), each hop's keys and values, projected once for every decoding
+        -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
         step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
         (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
-        keys = torch.cat([words, cells.flatten(1, 2)], dim=1)
-        memory = torch.cat([attention.project(keys) for attention in self.reads()], dim=-1)
+        memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
         no_word = memory.shape[1] - pad.shape[1]
         ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
         return memory, torch.cat([pad, pad.new_zeros(len(pad), no_word)], dim=1), ids
@@ -239,17 +229,7 @@ class CaptionDecoder(nn.Module):
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        width, cells = 2 * out.shape[-1], (slice(None), slice(-self.num_cells, None))
-        words = (slice(None), slice(None, -self.num_cells)) if self.cell_attention is not None else cells[:1]
-        read = out.new_zeros(())
-        for i, attention in enumerate(self.reads()):
-            where = cells if attention is self.cell_attention else words
-            read = read + attention(out + read, memory[where][..., i * width:(i + 1) * width], memory_pad[where])
-        return out, read, hidden
-
-    def reads(self) -> list[MemoryAttention]:
-        """The memory's reads in the order a step makes them, each queried with the sum of those before."""
-        return [self.attention, *self.hops, *([self.cell_attention] if self.cell_attention is not None else [])]
+        return out, self.attention(out, memory, memory_pad), hidden
 
 
 class PointerCaptionDecoder(CaptionDecoder):
@@ -409,7 +389,7 @@ class StoryEncoding:
 
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
-    memory: torch.Tensor  # (B, L + M*h*w, 2H * hops) projected keys and values: last context caption, then latent-map cells
+    memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
     memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
 
@@ -431,15 +411,13 @@ class StoryModel(nn.Module):
         latent_hidden: int = 64,
         latent_head: Callable[..., nn.Module] = LatentHead,
         caption_memory: Callable[..., nn.Module] = CaptionDecoder,
-        bidirectional: bool = False,
     ) -> None:
         """`latent_head(latent_shape, state_dim, latent_hidden)` and `caption_memory(embed, state_dim,
-        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks;
-        `bidirectional` caption encoder (`CaptionEncoder`)."""
+        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks."""
         super().__init__()
         self.max_caption_len = max_caption_len
         latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
-        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim, bidirectional)
+        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
         self.latent_head = latent_head(latent_shape, state_dim, latent_hidden)

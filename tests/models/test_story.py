@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
-from storyreason.models.story import CaptionDecoder, StoryEncoding, StoryModel, mask_after_eos
+from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
 
 B, K, L, Z, V = 3, 4, 10, 64, 20  # Z = 1 x 8 x 8
 
 
-OPTIONS = {
-    "one read": {},
-    "two reads, captions read both ways": {"bidirectional": True, "caption_memory": functools.partial(CaptionDecoder, hops=2)},
-    "cells read apart": {"caption_memory": functools.partial(CaptionDecoder, cell_read=True)},
-}
-
-
-@pytest.fixture(params=list(OPTIONS))
-def model(request: pytest.FixtureRequest) -> StoryModel:
-    """A tiny seeded story model in eval mode: the default; with a bidirectional caption encoder and a
-    decoder that reads its memory twice per step (the second read queried with the first); with the map
-    cells read apart from the caption's words."""
+@pytest.fixture
+def model() -> StoryModel:
+    """A tiny seeded story model in eval mode."""
     torch.manual_seed(0)
-    options = OPTIONS[request.param]
     return StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
-                      state_dim=32, decoder_dim=32, heads=2, latent_hidden=8, **options).eval()
+                      state_dim=32, decoder_dim=32, heads=2, latent_hidden=8).eval()
 
 
 def context(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
