@@ -3,6 +3,7 @@
     python benchmarks/prose_facts.py outputs/evaluate/<run>/captions.tsv [--column generated]
     python benchmarks/prose_facts.py --worth [--stories 300]
     python benchmarks/prose_facts.py --history
+    python benchmarks/prose_facts.py --head outputs/multimodal/<run> [--no-cells]
 
 The first form reads the captions.tsv of `python train.py stage=evaluate data=prose ckpt_path=<run>` and,
 for every object that the target frame and the last context frame both show, checks the sentence that
@@ -14,8 +15,13 @@ time (the step, then the regions, the directions, the bounces: the last is the w
 each version's chrF against the test split's paragraphs: how much of the gap from copying to the oracle
 each kind of fact closes. The third asks how much of an object's next row its four context captions
 tell: a table from the rows, vertical directions and bounces those captions state to the most frequent
-next row, fitted on the train split, scored on test, against copying the last row. All read the world
-from `conf/data/prose.yaml` as train.py composes it.
+next row, fitted on the train split, scored on test, against copying the last row. The fourth looks
+inside a stage-2 model at the words that name a region's row or column (all but the middle ones) in the
+test split's target paragraphs, teacher-forced: the probability the decoder gives the true word, that of
+its vocabulary head alone, the head's argmax and a copying decoder's gate (its vocabulary share), split by
+whether the word is in the last context caption (so copying can write it) or not (only the head can);
+`--no-cells` hides the latent-map cells from the decoder's memory, to see whether it reads them at all.
+All read the world from `conf/data/prose.yaml` as train.py composes it.
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storyreason.data.sources.prose import ProseStyle, Thing  # noqa: E402
+import torch  # noqa: E402
+
+from storyreason.data.sources.prose import COL_WORDS, ROW_WORDS, ProseStyle, Thing  # noqa: E402
 from storyreason.data.sources.synthetic import SyntheticWorld  # noqa: E402
 from storyreason.data.stories import SPLITS  # noqa: E402
 from storyreason.data.tokenizer import normalize_text  # noqa: E402
@@ -41,14 +52,17 @@ FACTS = ("region, changed", "region, same", "direction", "bounce, happened", "bo
 LEVELS = ("copy_last_caption", "+ step", "+ regions", "+ directions", "+ bounces (the oracle)")
 
 
-def prose_world(overrides: Iterable[str] = ()) -> SyntheticWorld:
-    """`data=prose`'s source, as train.py composes it."""
+def prose_data(overrides: Iterable[str] = ()) -> DictConfig:
+    """`data=prose`'s data config, as train.py composes it."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data=prose", *overrides])
-    return instantiate(cfg.data.source)
+        return compose(config_name="config", overrides=["data=prose", *overrides]).data
+
+
+def prose_world(overrides: Iterable[str] = ()) -> SyntheticWorld:
+    """`data=prose`'s source, as train.py composes it."""
+    return instantiate(prose_data(overrides).source)
 
 
 def _sentence(paragraph: str, name: str) -> str | None:
@@ -145,6 +159,65 @@ def row_from_history(world: SyntheticWorld, context: int = 4) -> tuple[float, fl
     return fitted, sum(h[-1][0] == row for h, row in test) / len(test)
 
 
+REGION_WORDS = sorted({w for words in ROW_WORDS + COL_WORDS for w in words} - {"middle", "center", "central"})
+HEAD_FIGURES = ("decoder p(word)", "head p(word)", "head argmax right", "gate")
+
+
+@torch.no_grad()
+def head_on_region_words(module: torch.nn.Module, batches: Iterable[dict], cells: bool = True
+                         ) -> dict[str, dict[str, float]]:
+    """What a stage-2 module's caption decoder gives the region words (REGION_WORDS) of the batches' target
+    captions, teacher-forced: per group ("in the last caption", "not in the last caption") the number of
+    words and the mean of each of HEAD_FIGURES. `cells=False` masks the latent-map cells of the decoder's
+    memory."""
+    from storyreason.models.story import PointerCaptionDecoder, teacher_inputs
+
+    decoder, vocab = module.story.caption, module.tokenizer.vocab
+    region_ids = torch.tensor([vocab.index(w) for w in REGION_WORDS if w in vocab])
+    sums: dict[str, Counter] = defaultdict(Counter)
+    for batch in batches:
+        context, _ = module.latents(batch, "test")
+        enc = module.encode_context(batch, context)
+        if not cells:  # the memory is the last caption's positions, then the cells
+            enc.memory_pad = enc.memory_pad.clone()
+            enc.memory_pad[:, batch["context_captions"].shape[-1]:] = True
+        target = batch["target_caption"]
+        inputs = teacher_inputs(target)
+        if isinstance(decoder, PointerCaptionDecoder):
+            both, _, gate, _, _ = decoder.parts(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids)
+            gate = gate[..., 0]
+        else:
+            both = torch.cat(decoder.read(inputs, enc.state, enc.memory, enc.memory_pad)[:2], dim=-1)
+            gate = torch.ones_like(target, dtype=torch.float)
+        head = decoder.head(both).softmax(dim=-1)
+        mixed = decoder(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids)[0]
+        mixed = mixed.float().log_softmax(dim=-1).exp()
+        region = torch.isin(target, region_ids)
+        in_last = (target[..., None] == batch["context_captions"][:, -1, None, :]).any(dim=-1)
+        figures = {"decoder p(word)": mixed.gather(-1, target[..., None])[..., 0],
+                   "head p(word)": head.gather(-1, target[..., None])[..., 0],
+                   "head argmax right": (head.argmax(dim=-1) == target).float(), "gate": gate}
+        for group, where in (("in the last caption", region & in_last), ("not in the last caption", region & ~in_last)):
+            sums[group]["words"] += int(where.sum())
+            for name, values in figures.items():
+                sums[group][name] += float(values[where].sum())
+    return {group: {"words": c["words"], **{n: c[n] / max(c["words"], 1) for n in HEAD_FIGURES}} for group, c in sums.items()}
+
+
+def head_report(ckpt: Path, cells: bool = True, batches: int = 4) -> dict[str, dict[str, float]]:
+    """`head_on_region_words` of a stage-2 checkpoint (or run directory, as `ckpt_path=` takes) over the first `batches` test batches of `data=prose`."""
+    from itertools import islice
+
+    from storyreason.checkpoints import module_from_checkpoint, resolve_checkpoint
+
+    data = instantiate(prose_data(["stage=multimodal"]))  # windows of frames, not single frames
+    data.prepare_data()
+    data.setup("test")
+    module, _ = module_from_checkpoint(resolve_checkpoint(ckpt))
+    module.precompute_latents("test", data.frames["test"])
+    return head_on_region_words(module, islice(data.test_dataloader(), batches), cells)
+
+
 def read_captions(path: Path) -> tuple[list[str], list[tuple[str, int, dict[str, str]]]]:
     """captions.tsv -> its paragraph columns and rows of (story id, target frame, column -> paragraph)."""
     with open(path, newline="") as f:
@@ -160,9 +233,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worth", action="store_true", help="chrF of the last paragraph with each kind of fact updated")
     parser.add_argument("--history", action="store_true", help="the next row from the context captions' rows")
     parser.add_argument("--stories", type=int, default=None, help="with --worth: the first N test stories only")
+    parser.add_argument("--head", type=Path, help="a stage-2 checkpoint or run directory: its decoder on the region words")
+    parser.add_argument("--no-cells", action="store_true", help="with --head: hide the latent-map cells")
     args = parser.parse_args(argv)
-    if not (args.worth or args.history) and args.captions is None:
-        parser.error("give a captions.tsv, --worth or --history")
+    if not (args.worth or args.history or args.head) and args.captions is None:
+        parser.error("give a captions.tsv, --worth, --history or --head")
+    if args.head:
+        report = head_report(args.head, cells=not args.no_cells)
+        print("| region words | words | " + " | ".join(HEAD_FIGURES) + " |\n|---|---:|" + "---:|" * len(HEAD_FIGURES))
+        for group, figures in report.items():
+            print(f"| {group} | {figures['words']} | " + " | ".join(f"{figures[n]:.3f}" for n in HEAD_FIGURES) + " |")
     world = prose_world()
     if args.worth:
         scores = worth(world, stories=args.stories)

@@ -74,3 +74,43 @@ def test_the_context_captions_tell_the_next_row_better_than_copying_it() -> None
     world = SyntheticWorld({"train": 300, "val": 1, "test": STORIES}, captions="prose")
     fitted, copy = prose_facts.row_from_history(world)
     assert fitted > copy + 0.1, (fitted, copy)
+
+
+def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide_the_cells(ae_run: Path) -> None:
+    """`--head`: the region words of the target captions, split by whether the last caption holds them; the
+    decoder's own probability of each (as `caption_logits` gives it); masking the map cells changes it."""
+    import torch
+    from hydra.utils import instantiate
+
+    from storyreason.run import build_module
+    from tests.conftest import compose_config
+
+    cfg = compose_config(ae_run, "multimodal", ["data=prose", "data.max_caption_len=auto",
+                                                "model/story/caption_memory=pointer"], run_name="head_probe")
+    data = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, data).eval()
+    data.setup("test")
+    module.precompute_latents("test", data.frames["test"])
+    batches = list(data.test_dataloader())
+    with_cells = prose_facts.head_on_region_words(module, batches)
+    without = prose_facts.head_on_region_words(module, batches, cells=False)
+
+    vocab = module.tokenizer.vocab
+    region = torch.tensor([vocab.index(w) for w in prose_facts.REGION_WORDS if w in vocab])
+    expected: dict[str, list[float]] = {"in the last caption": [], "not in the last caption": []}
+    with torch.no_grad():
+        for batch in batches:
+            enc = module.encode_context(batch, module.latents(batch, "test")[0])
+            target = batch["target_caption"]
+            p = module.story.caption_logits(enc, target).exp().gather(-1, target[..., None])[..., 0]
+            for t, words, last in zip(target, p, batch["context_captions"][:, -1]):
+                for token, value in zip(t.tolist(), words.tolist()):
+                    if token in region:
+                        expected["in the last caption" if token in last else "not in the last caption"].append(value)
+    assert all(expected.values()), {group: len(values) for group, values in expected.items()}  # both groups occur
+    for group, values in expected.items():
+        assert with_cells[group]["words"] == without[group]["words"] == len(values)
+        assert with_cells[group]["decoder p(word)"] == pytest.approx(sum(values) / len(values), rel=1e-4)
+        assert all(0 <= with_cells[group][name] <= 1 for name in prose_facts.HEAD_FIGURES)
+    assert with_cells["not in the last caption"]["decoder p(word)"] != pytest.approx(
+        without["not in the last caption"]["decoder p(word)"], rel=1e-4)
