@@ -275,7 +275,8 @@ class PointerCaptionDecoder(CaptionDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the mix is made of, per step: the head's input (B, T, 2H), the copy weights over the memory
         (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M) (an expanded view) and the GRU
-        hidden; `mix` and `target_log_probs` pick the rows they need before any (.., V) tensor is made."""
+        hidden; `token_log_probs` and `target_log_probs` pick the rows they need before any (.., V) tensor
+        is made."""
         if memory_ids is None:
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
         out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
@@ -297,8 +298,7 @@ class PointerCaptionDecoder(CaptionDecoder):
         """The head's logits (.., V), copy weights (.., M), gate (.., 1) and memory ids (.., M) of the same
         rows -> the mixed log-probabilities (.., V)."""
         vocab = logits.float().softmax(dim=-1)
-        copy = vocab.new_zeros(vocab.shape).scatter_add_(-1, ids, weights)
-        return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
+        return log_mix(gate, vocab, vocab.new_zeros(vocab.shape).scatter_add_(-1, ids, weights))
 
     def target_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
                          memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
@@ -310,8 +310,7 @@ class PointerCaptionDecoder(CaptionDecoder):
         logits = self.head(both[tokens]).float()  # (N, V)
         vocab = (logits.gather(1, words[:, None])[:, 0] - logits.logsumexp(dim=-1)).exp()
         copy = (weights[tokens] * (ids[tokens] == words[:, None])).sum(dim=-1)
-        gate = gate[tokens][:, 0]
-        return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
+        return log_mix(gate[tokens][:, 0], vocab, copy)
 
     def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
                         memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
@@ -497,6 +496,12 @@ class StoryModel(nn.Module):
         tokens = torch.cat(out, dim=1)
         tokens = torch.nn.functional.pad(tokens, (0, max_len - tokens.shape[1]), value=PAD_ID)
         return mask_after_eos(tokens)
+
+
+def log_mix(gate: torch.Tensor, vocab: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+    """log(gate * vocab + (1 - gate) * copy): a copying decoder's log-probability from its two
+    distributions' probabilities, floored at 1e-30 where both are 0."""
+    return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
 
 
 def teacher_inputs(target: torch.Tensor) -> torch.Tensor:
