@@ -184,13 +184,16 @@ def head_on_region_words(module: torch.nn.Module, batches: Iterable[dict], cells
         target = batch["target_caption"]
         inputs = teacher_inputs(target)
         if isinstance(decoder, PointerCaptionDecoder):
-            both, _, gate, _, _ = decoder.parts(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids)
+            both, _, gate, _, seen, _ = decoder.parts(inputs, enc.state, enc.memory, enc.memory_pad,
+                                                      memory_ids=enc.memory_ids, context_ids=enc.context_ids)
+            head = decoder.logits(both, seen).softmax(dim=-1)
             gate = gate[..., 0]
         else:
             both = torch.cat(decoder.read(inputs, enc.state, enc.memory, enc.memory_pad)[:2], dim=-1)
+            head = decoder.head(both).softmax(dim=-1)
             gate = torch.ones_like(target, dtype=torch.float)
-        head = decoder.head(both).softmax(dim=-1)
-        mixed = decoder(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids)[0]
+        mixed = decoder(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids,
+                        context_ids=enc.context_ids)[0]
         mixed = mixed.float().log_softmax(dim=-1).exp()
         region = torch.isin(target, region_ids)
         in_last = (target[..., None] == batch["context_captions"][:, -1, None, :]).any(dim=-1)

@@ -80,7 +80,7 @@ def beam_search(
     hidden = None
     for t in range(max_len):
         logits, hidden = model.caption(token, state, enc.memory, enc.memory_pad, hidden, start=t,
-                                       memory_ids=enc.memory_ids)
+                                       memory_ids=enc.memory_ids, context_ids=enc.context_ids)
         logits = logits[:, -1].float()  # (B*k, V)
         vocab = logits.shape[-1]
         n = min(k, vocab)

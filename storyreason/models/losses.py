@@ -1,4 +1,4 @@
-"""Caption loss: the vocabulary projection and the cross-entropy fused, chunk by chunk.
+"""Caption loss: the vocabulary projection and the cross-entropy fused, chunk by chunk; the hard-token mean.
 
 A (N, V) logits tensor over a vocabulary of thousands is the largest tensor of a stage-2 step, and the
 log-softmax, its backward and the zeroed gradient each pass over it in memory. Computed here a chunk of
@@ -61,3 +61,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     as `F.cross_entropy(F.linear(hidden, weight, bias), target)` (every target counts: select the tokens
     first), `chunk` rows at a time."""
     return _LinearCrossEntropy.apply(hidden, weight, bias, target, chunk)
+
+
+def hard_token_mean(nll: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """The mean of per-token losses nll (N,), each weighted by (1 - p) ** gamma where p = exp(-nll) is the
+    model's probability of the token (focal loss's factor, held constant in the backward pass and the
+    weights normalised to sum to 1); gamma = 0 is the plain mean.
+
+    A next caption copies most of the last one: once the copy is learnt those tokens carry little loss but
+    most of the count, and the few words that change (a step, a bounce, a region) decide the score. The
+    weights move the updates onto them, while the loss keeps the scale of a mean cross-entropy."""
+    if not gamma:
+        return nll.mean()
+    weights = (1 - torch.exp(-nll.detach())).pow(gamma)
+    return (weights * nll).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)

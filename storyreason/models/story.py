@@ -12,7 +12,8 @@ Data flows top to bottom:
        CaptionDecoder           attention: GRU + linear head, reads the state and attends over the last
                                 caption and the cells of the last and predicted latent maps
        PointerCaptionDecoder    pointer: the same, and it can copy a word of the last caption
-                                (pointer-generator: a gate mixes the head's softmax with a copy attention)
+                                (pointer-generator: a gate mixes the head's softmax with a copy attention);
+                                with context_bias its head also favours the words of every context caption
        PlainCaptionDecoder      none (the seed's): GRU + linear head over the state alone
 
 The two choices are Hydra partials (conf/model/story/*/): StoryModel calls them with its sizes.
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storyreason.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from storyreason.models.losses import linear_cross_entropy
+from storyreason.models.losses import hard_token_mean, linear_cross_entropy
 from storyreason.models.text import CaptionEncoder
 
 
@@ -185,12 +186,13 @@ class CaptionDecoder(nn.Module):
         hidden: torch.Tensor | None = None,
         start: int = 0,
         memory_ids: torch.Tensor | None = None,
+        context_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, T) starting at position `start` -> logits (B, T, V), GRU hidden (1, B, H).
 
         state (B, S); memory (B', M, 2H) and memory_pad (B', M) with B = g * B': g consecutive rows share
         a memory row (`MemoryAttention`). Position t sees only inputs[:, :t + 1] (the GRU is causal; the
-        memory is the context caption).
+        memory is the context caption). `memory_ids` and `context_ids` are for the copying decoder.
         """
         features, hidden = self.features(inputs, state, memory, memory_pad, hidden, start)
         return self.projection(features), hidden
@@ -240,14 +242,21 @@ class PointerCaptionDecoder(CaptionDecoder):
     step sets the mix. A story's own words (names, places) recur within the story only, so the plain
     head must learn each one separately before it can write it; the copy head needs only learn where
     to read. It returns log-probabilities, which argmax, log-softmax and cross-entropy read as logits.
+
+    With `context_bias` the head's logit of every word that occurs in a context caption (not only the last)
+    gets a learned bonus per step: a story's words for walls, rows or a bounce that the last caption lacks
+    were often written earlier in the story, and the head then chooses among the story's words instead of
+    every story's.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """CaptionDecoder's arguments; adds the copy head's query and the gate."""
+    def __init__(self, *args: Any, context_bias: bool = False, **kwargs: Any) -> None:
+        """CaptionDecoder's arguments; adds the copy head's query, the gate and, with `context_bias`, the
+        bonus of the context's words."""
         super().__init__(*args, **kwargs)
         hidden_dim = self.gru.hidden_size
         self.copy_query = nn.Linear(hidden_dim, hidden_dim)
         self.gate = nn.Linear(2 * hidden_dim, 1)
+        self.context_gain = nn.Linear(2 * hidden_dim, 1) if context_bias else None
 
     def forward(
         self,
@@ -258,10 +267,13 @@ class PointerCaptionDecoder(CaptionDecoder):
         hidden: torch.Tensor | None = None,
         start: int = 0,
         memory_ids: torch.Tensor | None = None,
+        context_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As CaptionDecoder.forward, with memory_ids (B', M) from `memory` -> log-probabilities (B, T, V)."""
-        both, weights, gate, ids, hidden = self.parts(inputs, state, memory, memory_pad, hidden, start, memory_ids)
-        return self.mix(self.head(both), weights, gate, ids), hidden
+        """As CaptionDecoder.forward, with memory_ids (B', M) from `memory` and, with `context_bias`, every
+        context caption's word ids context_ids (B', N) -> log-probabilities (B, T, V)."""
+        both, weights, gate, ids, seen, hidden = self.parts(inputs, state, memory, memory_pad, hidden, start,
+                                                            memory_ids, context_ids)
+        return self.mix(self.logits(both, seen), weights, gate, ids), hidden
 
     def parts(
         self,
@@ -272,13 +284,17 @@ class PointerCaptionDecoder(CaptionDecoder):
         hidden: torch.Tensor | None = None,
         start: int = 0,
         memory_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        context_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """What the mix is made of, per step: the head's input (B, T, 2H), the copy weights over the memory
-        (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M) (an expanded view) and the GRU
-        hidden; `token_log_probs` and `target_log_probs` pick the rows they need before any (.., V) tensor
+        (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M), with `context_bias` which words
+        its context holds (B, T, V), 1.0 or 0.0 (both expanded views; else None), and the GRU hidden;
+        `token_log_probs` and `target_log_probs` pick the rows they need before any other (.., V) tensor
         is made."""
         if memory_ids is None:
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
+        if self.context_gain is not None and context_ids is None:
+            raise ValueError("a caption decoder with context_bias needs the context captions' word ids (context_ids)")
         out, read, hidden = self.read(inputs, state, memory, memory_pad, hidden, start)
         both = torch.cat([out, read], dim=-1)  # (B, T, 2H)
         (b, t), group = inputs.shape, len(inputs) // len(memory)
@@ -291,7 +307,20 @@ class PointerCaptionDecoder(CaptionDecoder):
         gate = torch.sigmoid(self.gate(both).float())  # (B, T, 1) the share written from the vocabulary
         gate = torch.where(no_word.all(dim=1).repeat_interleave(group)[:, None, None], 1.0, gate)
         ids = memory_ids.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)  # (B, T, M)
-        return both, weights.view(b, t, -1), gate, ids, hidden
+        seen = None
+        if self.context_gain is not None:  # (B', V): 1.0 at each word a context caption holds
+            seen = gate.new_zeros(len(context_ids), self.embed.num_embeddings).scatter_(1, context_ids, 1.0)
+            seen[:, PAD_ID] = 0.0
+            seen = seen.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)
+        return both, weights.view(b, t, -1), gate, ids, seen, hidden
+
+    def logits(self, both: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        """The head's logits (.., V) from its input (.., 2H), each context word's raised by the step's bonus
+        (`context_bias`; `seen` (.., V) from `parts`, of the same rows)."""
+        logits = self.head(both)
+        if seen is None:
+            return logits
+        return logits + self.context_gain(both) * seen.to(logits.dtype)
 
     @staticmethod
     def mix(logits: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -301,23 +330,28 @@ class PointerCaptionDecoder(CaptionDecoder):
         return log_mix(gate, vocab, vocab.new_zeros(vocab.shape).scatter_add_(-1, ids, weights))
 
     def target_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
-                         memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
+                         memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor,
+                         context_ids: torch.Tensor | None = None) -> torch.Tensor:
         """log p(target) (N,) at targets' N tokens (padding skipped), as `forward` then a gather gives, without
         any (.., V) tensor but the head's logits at those tokens: training needs no other column."""
-        both, weights, gate, ids, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids)
+        both, weights, gate, ids, seen, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids,
+                                                       context_ids=context_ids)
         tokens = targets != PAD_ID
         words = targets[tokens]
-        logits = self.head(both[tokens]).float()  # (N, V)
+        logits = self.logits(both[tokens], None if seen is None else seen[tokens]).float()  # (N, V)
         vocab = (logits.gather(1, words[:, None])[:, 0] - logits.logsumexp(dim=-1)).exp()
         copy = (weights[tokens] * (ids[tokens] == words[:, None])).sum(dim=-1)
         return log_mix(gate[tokens][:, 0], vocab, copy)
 
     def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor,
-                        memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor) -> torch.Tensor:
+                        memory: torch.Tensor, memory_pad: torch.Tensor, memory_ids: torch.Tensor,
+                        context_ids: torch.Tensor | None = None) -> torch.Tensor:
         """`forward`'s log-probabilities (N, V) at targets' N tokens only (padding skipped)."""
-        both, weights, gate, ids, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids)
+        both, weights, gate, ids, seen, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids,
+                                                       context_ids=context_ids)
         tokens = targets != PAD_ID
-        return self.mix(self.head(both[tokens]), weights[tokens], gate[tokens], ids[tokens])
+        logits = self.logits(both[tokens], None if seen is None else seen[tokens])
+        return self.mix(logits, weights[tokens], gate[tokens], ids[tokens])
 
 
 class PlainCaptionDecoder(nn.Module):
@@ -356,8 +390,9 @@ class PlainCaptionDecoder(nn.Module):
         hidden: torch.Tensor | None = None,
         start: int = 0,
         memory_ids: torch.Tensor | None = None,
+        context_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory*` and `start` unused."""
+        """inputs (B, T) -> logits (B, T, V), GRU hidden (1, B, H); `memory*`, `context_ids` and `start` unused."""
         features, hidden = self.features(inputs, state, memory, memory_pad, hidden, start)
         return self.head(features), hidden
 
@@ -391,6 +426,7 @@ class StoryEncoding:
     memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
     memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
+    context_ids: torch.Tensor  # (B, K*L) every context caption's word ids (<pad> included): the story's words so far
 
 
 class StoryModel(nn.Module):
@@ -447,12 +483,12 @@ class StoryModel(nn.Module):
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
         memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
-        return StoryEncoding(state, latent, memory, memory_pad, memory_ids)
+        return StoryEncoding(state, latent, memory, memory_pad, memory_ids, captions.flatten(1))
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""
         logits, _ = self.caption(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad,
-                                 memory_ids=enc.memory_ids)
+                                 memory_ids=enc.memory_ids, context_ids=enc.context_ids)
         return logits
 
     def token_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
@@ -460,22 +496,27 @@ class StoryModel(nn.Module):
         tokens, in row order, the rows `target[target != PAD_ID]` names."""
         if isinstance(self.caption, PointerCaptionDecoder):  # log-probabilities: a mix of two distributions
             return self.caption.token_log_probs(teacher_inputs(target), target, enc.state, enc.memory,
-                                                enc.memory_pad, enc.memory_ids)
+                                                enc.memory_pad, enc.memory_ids, enc.context_ids)
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         return self.caption.projection(features[target != PAD_ID])
 
-    def caption_loss(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
+    def caption_loss(self, enc: StoryEncoding, target: torch.Tensor, focal_gamma: float = 0.0) -> torch.Tensor:
         """Teacher forcing: the mean cross-entropy over target's tokens (B, L) (padding ignored), as
         `caption_logits` + `F.cross_entropy(..., ignore_index=PAD_ID)` gives, without the (B, L, V) logits:
         the vocabulary projection runs on the tokens only, fused with the loss (`linear_cross_entropy`).
         A copying decoder's loss is its log-probability of each target token (`target_log_probs`), with the
-        head's logits at the tokens only."""
+        head's logits at the tokens only. With `focal_gamma` > 0 the mean weights the tokens the model
+        finds hard (`hard_token_mean`)."""
         if isinstance(self.caption, PointerCaptionDecoder):
-            return -self.caption.target_log_probs(teacher_inputs(target), target, enc.state, enc.memory,
-                                                  enc.memory_pad, enc.memory_ids).mean()
+            nll = -self.caption.target_log_probs(teacher_inputs(target), target, enc.state, enc.memory,
+                                                 enc.memory_pad, enc.memory_ids, enc.context_ids)
+            return hard_token_mean(nll, focal_gamma)
         features, _ = self.caption.features(teacher_inputs(target), enc.state, enc.memory, enc.memory_pad)
         tokens = target != PAD_ID  # (B, L)
         projection = self.caption.projection
+        if focal_gamma:  # per-token losses: the fused mean cannot weight its tokens
+            return hard_token_mean(F.cross_entropy(projection(features[tokens]).float(), target[tokens],
+                                                   reduction="none"), focal_gamma)
         return linear_cross_entropy(features[tokens], projection.weight, projection.bias, target[tokens])
 
     @torch.no_grad()
@@ -487,7 +528,7 @@ class StoryModel(nn.Module):
         finished = torch.zeros(len(token), dtype=torch.bool, device=token.device)
         for t in range(max_len):
             logits, hidden = self.caption(token, enc.state, enc.memory, enc.memory_pad, hidden, start=t,
-                                          memory_ids=enc.memory_ids)
+                                          memory_ids=enc.memory_ids, context_ids=enc.context_ids)
             token = argmax_last(logits[:, -1])[:, None]
             out.append(token)
             finished |= token[:, 0] == EOS_ID

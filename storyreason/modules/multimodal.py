@@ -73,6 +73,7 @@ class MultimodalStoryModule(StageModule):
         freeze_ae: bool = True,
         cache_latents: bool = True,
         loss_weights: dict[str, float] | None = None,
+        caption_focal_gamma: float = 0.0,
         lr: float = 1e-3,
         lr_reference_width: int | None = None,
         weight_decay: float = 0.0,
@@ -92,6 +93,8 @@ class MultimodalStoryModule(StageModule):
             raise ConfigError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
         if not any(loss_weights.values()):
             raise ConfigError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
+        if caption_focal_gamma < 0:
+            raise ConfigError(f"model.caption_focal_gamma={caption_focal_gamma}: must be >= 0 (0 = plain mean)")
         self.save_hyperparameters(logger=False)  # in every checkpoint; the loggers get run.py's clean record
         self.hparams.loss_weights = loss_weights
         self.tokenizer = CaptionTokenizer.from_json(tokenizer_state)
@@ -223,7 +226,7 @@ class MultimodalStoryModule(StageModule):
         target = to_unit(batch["target_frame"])  # (B, 3, H, W)
         caption = batch["target_caption"]  # (B, L)
         if split == "train":  # no (B, L, V) logits: the projection fused with the loss, on the tokens only
-            ce = self.story.caption_loss(prediction.encoding, caption)
+            ce = self.story.caption_loss(prediction.encoding, caption, self.hparams.caption_focal_gamma)
         else:  # per token, which perplexity sums too: one log-softmax over (N, V) instead of two
             logits = self.story.token_logits(prediction.encoding, caption).float()  # (N, V) at the N tokens
             token_nll = F.cross_entropy(logits, caption[caption != PAD_ID], reduction="none")
