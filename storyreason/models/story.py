@@ -243,10 +243,10 @@ class PointerCaptionDecoder(CaptionDecoder):
     head must learn each one separately before it can write it; the copy head needs only learn where
     to read. It returns log-probabilities, which argmax, log-softmax and cross-entropy read as logits.
 
-    With `context_bias` the head's logit of every word that occurs in a context caption (not only the last)
-    gets a learned bonus per step: a story's words for walls, rows or a bounce that the last caption lacks
-    were often written earlier in the story, and the head then chooses among the story's words instead of
-    every story's.
+    With `context_bias` the head's logits of the context captions' words get learned bonuses per step, one
+    for the words of the last caption and one for those only earlier captions hold: a story's words for
+    walls, rows or a bounce that the last caption lacks were often written earlier in the story, and the
+    head then chooses among the story's words instead of every story's.
     """
 
     def __init__(self, *args: Any, context_bias: bool = False, **kwargs: Any) -> None:
@@ -256,7 +256,7 @@ class PointerCaptionDecoder(CaptionDecoder):
         hidden_dim = self.gru.hidden_size
         self.copy_query = nn.Linear(hidden_dim, hidden_dim)
         self.gate = nn.Linear(2 * hidden_dim, 1)
-        self.context_gain = nn.Linear(2 * hidden_dim, 1) if context_bias else None
+        self.context_gain = nn.Linear(2 * hidden_dim, 2) if context_bias else None  # last caption, earlier ones
 
     def forward(
         self,
@@ -288,7 +288,8 @@ class PointerCaptionDecoder(CaptionDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """What the mix is made of, per step: the head's input (B, T, 2H), the copy weights over the memory
         (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M), with `context_bias` which words
-        its context holds (B, T, V), 1.0 or 0.0 (both expanded views; else None), and the GRU hidden;
+        the last caption holds and which only earlier ones do (B, T, 2, V), 1.0 or 0.0 (both expanded views;
+        else None), and the GRU hidden;
         `token_log_probs` and `target_log_probs` pick the rows they need before any other (.., V) tensor
         is made."""
         if memory_ids is None:
@@ -308,19 +309,21 @@ class PointerCaptionDecoder(CaptionDecoder):
         gate = torch.where(no_word.all(dim=1).repeat_interleave(group)[:, None, None], 1.0, gate)
         ids = memory_ids.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)  # (B, T, M)
         seen = None
-        if self.context_gain is not None:  # (B', V): 1.0 at each word a context caption holds
-            seen = gate.new_zeros(len(context_ids), self.embed.num_embeddings).scatter_(1, context_ids, 1.0)
-            seen[:, PAD_ID] = 0.0
-            seen = seen.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)
+        if self.context_gain is not None:  # (B', 2, V): the last caption's words, the words only earlier ones hold
+            words = gate.new_zeros(len(context_ids), self.embed.num_embeddings)
+            last = words.scatter(1, memory_ids, 1.0)  # the memory's words are the last caption's
+            seen = torch.stack([last, words.scatter(1, context_ids, 1.0) - last], dim=1)
+            seen[:, :, PAD_ID] = 0.0
+            seen = seen.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1, -1)
         return both, weights.view(b, t, -1), gate, ids, seen, hidden
 
     def logits(self, both: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         """The head's logits (.., V) from its input (.., 2H), each context word's raised by the step's bonus
-        (`context_bias`; `seen` (.., V) from `parts`, of the same rows)."""
+        for its kind (`context_bias`; `seen` (.., 2, V) from `parts`, of the same rows)."""
         logits = self.head(both)
         if seen is None:
             return logits
-        return logits + self.context_gain(both) * seen.to(logits.dtype)
+        return logits + (self.context_gain(both)[..., None] * seen.to(logits.dtype)).sum(dim=-2)
 
     @staticmethod
     def mix(logits: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -83,13 +83,14 @@ def test_hypotheses_sharing_a_memory_row_copy_what_their_own_copies_give(decoder
     assert torch.allclose(shared, copied, atol=1e-6)
 
 
-def test_the_context_bias_raises_the_words_of_every_context_caption_and_no_other() -> None:
-    """With the bonus fixed at 5, the head's logits rise by 5 at each word some context caption holds (the
-    earlier ones too, not <pad>) and stay the head's own elsewhere."""
+def test_the_context_bias_raises_the_last_and_the_earlier_captions_words_by_their_own_bonus() -> None:
+    """With the bonuses fixed at 5 (last caption) and 3 (earlier ones only), the head's logits rise by 5 at the
+    last caption's words, by 3 at the words only an earlier caption holds, and stay the head's own elsewhere
+    (<pad> too)."""
     model = tiny(WITH_CONTEXT).eval()
     with torch.no_grad():
         model.caption.context_gain.weight.zero_()
-        model.caption.context_gain.bias.fill_(5.0)
+        model.caption.context_gain.bias.copy_(torch.tensor([5.0, 3.0]))
     g = torch.Generator().manual_seed(6)
     caps, lengths = captions(g)
     with torch.no_grad():
@@ -99,11 +100,12 @@ def test_the_context_bias_raises_the_words_of_every_context_caption_and_no_other
                                                      memory_ids=enc.memory_ids, context_ids=enc.context_ids)
         raised = model.caption.logits(both, seen) - model.caption.head(both)  # (B, L, V)
     for i in range(B):
-        words = torch.zeros(V, dtype=torch.bool)
-        words[caps[i].flatten()] = True
-        words[PAD_ID] = False
-        assert torch.allclose(raised[i][:, words], torch.full((L, int(words.sum())), 5.0), atol=1e-5)
-        assert torch.allclose(raised[i][:, ~words], torch.zeros(L, int((~words).sum())), atol=1e-5)
+        expected = torch.zeros(V)
+        expected[caps[i, :-1].flatten()] = 3.0
+        expected[caps[i, -1]] = 5.0
+        expected[PAD_ID] = 0.0
+        assert (expected == 3.0).any() and (expected == 5.0).any() and (expected == 0.0).any()
+        assert torch.allclose(raised[i], expected.expand(L, V), atol=1e-5)
 
 
 def copy_accuracy(caption_memory: type, steps: int) -> float:
