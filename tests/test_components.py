@@ -90,6 +90,19 @@ def test_seed_experiment_runs_both_stages(tmp_path: Path) -> None:
     assert "test/gen_token_acc" in read_metrics(cfg)
 
 
+def test_the_prose_recipe_trains_a_context_biased_copying_decoder_on_the_hard_token_loss(ae_run: Path) -> None:
+    """experiment=prose_demo's stage 2 as `make demo-prose` runs it (tiny sizes): its decoder copies and raises
+    the context's words, its training loss weights the hard tokens, and the run is scored on the test split."""
+    cfg = compose_config(ae_run, "multimodal", ["experiment=prose_demo", "trainer.max_epochs=1",
+                                                "trainer.limit_train_batches=2"], run_name="prose_recipe")
+    assert cfg.data.source.captions == "prose" and cfg.model.caption_focal_gamma > 0
+    train(cfg)
+    story, _ = module_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
+    assert isinstance(story.story.caption, PointerCaptionDecoder) and story.story.caption.context_gain is not None
+    assert story.hparams.caption_focal_gamma == cfg.model.caption_focal_gamma
+    assert "test/chrf" in read_metrics(cfg)
+
+
 @pytest.mark.parametrize("target", ["os.system", "storyreason.models.story.torch.load", "storyreason.models.story.argmax_last"])
 def test_a_component_outside_the_model_classes_is_refused(target: str) -> None:
     """Checkpoints carry these entries: loading one must never call anything but a model class."""
