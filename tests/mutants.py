@@ -165,6 +165,15 @@ MUTANTS = [
     Mutant("experiment=storyreasoning keeps words seen once", "conf/experiment/storyreasoning.yaml",
            "vocab_min_count: 2 ", "vocab_min_count: 1 ",
            ("tests/test_experiments.py::test_experiment_storyreasoning_is_the_dataset_on_a_gpu_with_its_text_settings[pretrain_ae]",)),
+    Mutant("the context bias raises the earlier captions' words as the last caption's", "storyreason/models/story.py",
+           "words.scatter(1, context_ids, 1.0) - last]", "words.scatter(1, context_ids, 1.0)]",
+           ("tests/models/test_pointer.py::test_the_context_bias_raises_the_last_and_the_earlier_captions_words_by_their_own_bonus",)),
+    Mutant("the hard-token weights take part in the backward pass", "storyreason/models/losses.py",
+           "torch.exp(-nll.detach())", "torch.exp(-nll)",
+           ("tests/models/test_losses.py::test_hard_token_mean_weights_each_token_by_one_minus_p_to_the_gamma",)),
+    Mutant("the copying decoder's training loss ignores focal_gamma", "storyreason/models/story.py",
+           "return hard_token_mean(nll, focal_gamma)", "return nll.mean()",
+           ("tests/models/test_losses.py::test_caption_loss_with_focal_gamma_is_the_hard_token_mean_of_the_token_losses",)),
 ]
 
 
