@@ -124,6 +124,10 @@ SCHEMA: dict[str, Rule] = {
     "model.autoencoder.channels": list_of(integer(1)),
     "model.autoencoder.latent_dim": integer(1),
     "model.autoencoder.bottleneck": choice("spatial", "fc"),
+    "model.story.bidirectional": BOOL,
+    "model.story.motion_cells": BOOL,
+    "model.story.caption_memory.hops": integer(1),
+    "model.story.caption_memory.context_bias": BOOL,
     "model.story.*": integer(1),
     "model.context": integer(1),
     "model.max_caption_len": integer(2) | choice("auto"),
@@ -237,6 +241,9 @@ def validate(cfg: DictConfig) -> None:
     if weights is not None:
         if not any(weights.values()):
             raise ConfigError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
+    story = _get(cfg, "model.story")
+    if story is not None:
+        check_story(story)
     story_length = _get(cfg, "data.source.story_length")
     if story_length is not None and context is not None and story_length < context + 1:
         raise ConfigError(
@@ -258,6 +265,22 @@ def validate(cfg: DictConfig) -> None:
                 f"model.autoencoder.latent_dim={latent_dim} must be a multiple of {cells} "
                 f"(the {image_size // factor}x{image_size // factor} bottleneck of data.image_size={image_size})"
             )
+
+
+def check_story(story: DictConfig) -> None:
+    """The story model's options that need one another (model.story.*)."""
+    if story.get("bidirectional") and story.get("text_dim", 0) % 2:
+        raise ConfigError(f"model.story.bidirectional=true splits model.story.text_dim={story.text_dim} between two "
+                          "directions: use an even width")
+    if story.get("motion_cells"):
+        head = str(OmegaConf.select(story, "latent_head._target_", default=""))
+        decoder = str(OmegaConf.select(story, "caption_memory._target_", default=""))
+        if not head.endswith(".LatentHead"):
+            raise ConfigError(f"model.story.motion_cells=true reads the residual_cnn latent head's hidden map, not "
+                              f"{head.rsplit('.', 1)[-1]}'s: use model/story/latent_head=residual_cnn")
+        if decoder.endswith(".PlainCaptionDecoder"):
+            raise ConfigError("model.story.motion_cells=true needs a caption decoder that reads the map cells: "
+                              "use model/story/caption_memory=attention or pointer")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

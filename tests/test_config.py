@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from storyreason.config import SCHEMA, ConfigError, leaves, check_types, rule_for
+from storyreason.config import SCHEMA, ConfigError, leaves, check_types, rule_for, validate
 from tests.commands import output, train_py
 from tests.conftest import CONF
 
@@ -58,7 +58,8 @@ def test_every_known_key_refuses_a_wrong_type_naming_the_key(composed: dict) -> 
     assert len(checked) > 80, sorted(checked)  # the shipped configs' keys, checked against the schema
     patterns = {p for p in SCHEMA if "*" not in p}
     assert patterns - checked <= {"data.tokenizer", "data.lowercase", "data.vocab_min_count", "data.vocab_max_size",
-                                  "data.caption_coverage", "ckpt_path", "predict.input"}, patterns - checked
+                                  "data.caption_coverage", "ckpt_path", "predict.input",
+                                  "model.story.caption_memory.context_bias"}, patterns - checked  # pointer's only
 
 
 @pytest.mark.parametrize("override, message", [
@@ -77,6 +78,26 @@ def test_command_line_values_are_typed_when_composed(override: str, message: str
     with pytest.raises(ConfigError) as err:
         check_types(cfg)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.story.motion_cells=true", "model/story/latent_head=mlp"],
+     "model.story.motion_cells=true reads the residual_cnn latent head's hidden map, not MLPLatentHead's"),
+    (["model.story.motion_cells=true", "model/story/caption_memory=none"],
+     "model.story.motion_cells=true needs a caption decoder that reads the map cells"),
+    (["model.story.bidirectional=true", "model.story.text_dim=15"],
+     "model.story.bidirectional=true splits model.story.text_dim=15 between two directions"),
+])
+def test_story_options_that_need_one_another_are_refused_naming_them(overrides: list[str], message: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["stage=multimodal", *overrides])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(message)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):  # the option alone is fine
+        validate(compose(config_name="config", overrides=["stage=multimodal", overrides[0]]))
 
 
 def test_the_other_engineers_data_keys_are_accepted() -> None:

@@ -73,11 +73,17 @@ class LatentHead(nn.Module):
 
     def forward(self, latents: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """latents (B, K, Z), state (B, S) -> next latent (B, Z)."""
+        return self.step(latents, state)[0]
+
+    def step(self, latents: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s next latent (B, Z) and the CNN's last hidden map (B, hidden, h, w), which says at each
+        cell what moves there and how: a caption decoder can read it (`StoryModel(motion_cells=True)`)."""
         b, k, _ = latents.shape
         last = latents[:, -1].view(b, *self.shape)
         previous = latents[:, -2].view(b, *self.shape) if k > 1 else last
         s = self.state_proj(state)[:, :, None, None].expand(-1, -1, *self.shape[1:])
-        return latents[:, -1] + self.net(torch.cat([last, previous, s], dim=1)).flatten(1)
+        motion = self.net[:-1](torch.cat([last, previous, s], dim=1))
+        return latents[:, -1] + self.net[-1](motion).flatten(1), motion
 
 
 class MLPLatentHead(nn.Module):
@@ -144,12 +150,22 @@ class CaptionDecoder(nn.Module):
         max_len: int,
         latent_shape: tuple[int, int, int],
         num_maps: int = 2,
+        hops: int = 1,
+        motion_channels: int = 0,
     ) -> None:
+        """`hops` reads of the memory per step, each after the first queried with the step's output plus what
+        the reads before it returned: the first finds, in the last caption, what the sentence being written
+        says of its object (a name, a region, a colour); the next can look for that object in the map cells.
+        With `motion_channels` every map cell also carries the latent head's hidden map at that cell
+        (`memory`'s `motion`)."""
         super().__init__()
+        if hops < 1:
+            raise ValueError(f"a caption decoder reads its memory at least once, got hops={hops}")
         self.max_len = max_len  # positions: the longest caption it decodes
         channels, height, width = latent_shape
         self.cell_proj = nn.Linear(channels, hidden_dim)
         self.cell_position = nn.Parameter(0.02 * torch.randn(num_maps, height * width, hidden_dim))
+        self.motion_proj = nn.Linear(motion_channels, hidden_dim) if motion_channels else None
         self.embed = embed  # shared with the caption encoder
         embed_dim = embed.embedding_dim
         self.position = nn.Embedding(max_len, embed_dim)
@@ -157,22 +173,30 @@ class CaptionDecoder(nn.Module):
         self.gru = nn.GRU(embed_dim + state_dim, hidden_dim, batch_first=True)
         self.memory_proj = nn.Linear(memory_dim + embed_dim, hidden_dim)
         self.attention = MemoryAttention(hidden_dim, heads)
+        self.hops = nn.ModuleList(MemoryAttention(hidden_dim, heads) for _ in range(hops - 1))
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
     def memory(
-        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor,
+        motion: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys the decoder attends over: the last caption's words and the cells of latent maps.
 
         states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
-        the last context latent and the predicted next one, whose cells say where objects are and will be.
-        -> memory (B, L + M*h*w, 2H), the attention's keys and values, projected once for every decoding
+        the last context latent and the predicted next one, whose cells say where objects are and will be;
+        with `motion_channels`, motion (B, C', h, w), the latent head's hidden map, added to every map's cells.
+        -> memory (B, L + M*h*w, 2H * hops), each read's keys and values, projected once for every decoding
         step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
         (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
         """
         words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
-        memory = self.attention.project(torch.cat([words, cells.flatten(1, 2)], dim=1))
+        if self.motion_proj is not None:
+            if motion is None:
+                raise ValueError("a caption decoder with motion_channels needs the latent head's hidden map (motion)")
+            cells = cells + self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None]
+        keys = torch.cat([words, cells.flatten(1, 2)], dim=1)
+        memory = torch.cat([attention.project(keys) for attention in (self.attention, *self.hops)], dim=-1)
         no_word = memory.shape[1] - pad.shape[1]
         ids = torch.cat([tokens.masked_fill(pad, PAD_ID), tokens.new_full((len(tokens), no_word), PAD_ID)], dim=1)
         return memory, torch.cat([pad, pad.new_zeros(len(pad), no_word)], dim=1), ids
@@ -231,7 +255,11 @@ class CaptionDecoder(nn.Module):
         if hidden is None:
             hidden = torch.tanh(self.init_hidden(state))[None]
         out, hidden = self.gru(x, hidden)  # (B, T, H)
-        return out, self.attention(out, memory, memory_pad), hidden
+        width = 2 * out.shape[-1]  # one read's keys and values
+        read = self.attention(out, memory[..., :width], memory_pad)
+        for i, attention in enumerate(self.hops, start=1):
+            read = read + attention(out + read, memory[..., i * width:(i + 1) * width], memory_pad)
+        return out, read, hidden
 
 
 class PointerCaptionDecoder(CaptionDecoder):
@@ -370,8 +398,12 @@ class PlainCaptionDecoder(nn.Module):
         heads: int,
         max_len: int,
         latent_shape: tuple[int, int, int],
+        hops: int = 1,
     ) -> None:
+        """`hops` is CaptionDecoder's, and only 1 (one read of no memory) is meaningful here."""
         super().__init__()
+        if hops != 1:
+            raise ValueError(f"the plain caption decoder has no memory to read {hops} times: hops must be 1")
         self.max_len = max_len
         self.embed = embed  # shared with the caption encoder
         self.init_hidden = nn.Linear(state_dim, hidden_dim)
@@ -379,8 +411,9 @@ class PlainCaptionDecoder(nn.Module):
         self.head = nn.Linear(hidden_dim, embed.num_embeddings)
 
     def memory(
-        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor,
+        motion: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """No memory: (B, 0, 0), its (B, 0) mask and ids, so decoding code treats every decoder alike."""
         return states.new_zeros(len(states), 0, 0), pad[:, :0], tokens[:, :0]
 
@@ -426,7 +459,7 @@ class StoryEncoding:
 
     state: torch.Tensor  # (B, S) story state
     latent: torch.Tensor  # (B, Z) predicted next latent
-    memory: torch.Tensor  # (B, L + M*h*w, 2H) projected keys and values: last context caption, then latent-map cells
+    memory: torch.Tensor  # (B, L + M*h*w, 2H * hops) projected keys and values: last context caption, then latent-map cells
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
     memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
     context_ids: torch.Tensor  # (B, K*L) every context caption's word ids (<pad> included): the story's words so far
@@ -449,20 +482,33 @@ class StoryModel(nn.Module):
         latent_hidden: int = 64,
         latent_head: Callable[..., nn.Module] = LatentHead,
         caption_memory: Callable[..., nn.Module] = CaptionDecoder,
+        bidirectional: bool = False,
+        motion_cells: bool = False,
     ) -> None:
         """`latent_head(latent_shape, state_dim, latent_hidden)` and `caption_memory(embed, state_dim,
-        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks."""
+        text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks; a
+        `bidirectional` caption encoder reads each caption both ways (`CaptionEncoder`); with `motion_cells`
+        the decoder's map cells carry the latent head's hidden map (`LatentHead.step`: where things move),
+        passed as `caption_memory(..., motion_channels=latent_hidden)`."""
         super().__init__()
         self.max_caption_len = max_caption_len
         latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
-        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim)
+        self.text = CaptionEncoder(vocab_size, embed_dim, text_dim, bidirectional)
         self.fusion = CrossModalFusion(latent_dim, text_dim, fusion_dim, heads)
         self.story = nn.GRU(fusion_dim, state_dim, batch_first=True)
         self.latent_head = latent_head(latent_shape, state_dim, latent_hidden)
         self.latent_shape = tuple(latent_shape)
-        self.caption = caption_memory(
-            self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1, self.latent_shape
-        )
+        if motion_cells and not hasattr(self.latent_head, "step"):
+            raise ValueError(f"motion_cells needs a latent head with a hidden map, not {type(self.latent_head).__name__}")
+        motion = {"motion_channels": latent_hidden} if motion_cells else {}
+        try:
+            self.caption = caption_memory(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1,
+                                          self.latent_shape, **motion)
+        except TypeError as e:
+            if not motion_cells:
+                raise
+            raise ValueError("motion_cells needs a caption decoder that reads the map cells (attention or pointer)") from e
+        self.motion_cells = motion_cells
 
     def encode(
         self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, frame_ids: torch.Tensor | None = None
@@ -482,10 +528,13 @@ class StoryModel(nn.Module):
         fused = self.fusion(latents.flatten(0, 1)[first], states, summary, pad)[inverse]  # (B*K, D)
         _, hidden = self.story(fused.view(b, k, -1))
         state = hidden[-1]  # (B, S)
-        latent = self.latent_head(latents, state)
+        if self.motion_cells:
+            latent, motion = self.latent_head.step(latents, state)
+        else:
+            latent, motion = self.latent_head(latents, state), None
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
-        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps)
+        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps, motion)
         return StoryEncoding(state, latent, memory, memory_pad, memory_ids, captions.flatten(1))
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:

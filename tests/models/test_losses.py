@@ -54,7 +54,9 @@ def test_linear_cross_entropy_under_bf16_autocast_is_close_and_float32() -> None
 
 DECODERS = {"attention": {}, "none": {"caption_memory": PlainCaptionDecoder},
             "pointer": {"caption_memory": PointerCaptionDecoder},
-            "pointer with context bias": {"caption_memory": partial(PointerCaptionDecoder, context_bias=True)}}
+            "pointer with context bias": {"caption_memory": partial(PointerCaptionDecoder, context_bias=True)},
+            "the prose recipe's: context bias, two reads, captions read both ways": {
+                "caption_memory": partial(PointerCaptionDecoder, context_bias=True, hops=2), "bidirectional": True}}
 
 
 def tiny_story(decoder: str) -> StoryModel:

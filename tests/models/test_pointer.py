@@ -34,9 +34,11 @@ def captions(g: torch.Generator, vocab: int = V, batch: int = B) -> tuple[torch.
 
 
 WITH_CONTEXT = partial(PointerCaptionDecoder, context_bias=True)
+TWO_READS = partial(PointerCaptionDecoder, context_bias=True, hops=2)
 
 
-@pytest.mark.parametrize("decoder", [PointerCaptionDecoder, WITH_CONTEXT], ids=["pointer", "context bias"])
+@pytest.mark.parametrize("decoder", [PointerCaptionDecoder, WITH_CONTEXT, TWO_READS],
+                         ids=["pointer", "context bias", "context bias, two reads"])
 def test_log_probabilities_sum_to_one_and_beam_one_is_greedy(decoder: type) -> None:
     model = tiny(decoder).eval()
     g = torch.Generator().manual_seed(1)

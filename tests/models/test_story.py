@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
-from storyreason.models.story import StoryEncoding, StoryModel, mask_after_eos
+from storyreason.models.story import CaptionDecoder, StoryEncoding, StoryModel, mask_after_eos
 
 B, K, L, Z, V = 3, 4, 10, 64, 20  # Z = 1 x 8 x 8
 
+OPTIONS = {
+    "one read": {},
+    "three reads, captions read both ways, motion cells": {
+        "bidirectional": True, "motion_cells": True, "caption_memory": functools.partial(CaptionDecoder, hops=3)},
+}
 
-@pytest.fixture
-def model() -> StoryModel:
-    """A tiny seeded story model in eval mode."""
+
+@pytest.fixture(params=list(OPTIONS))
+def model(request: pytest.FixtureRequest) -> StoryModel:
+    """A tiny seeded story model in eval mode: the default, and with a bidirectional caption encoder, a
+    decoder that reads its memory three times per step (each read queried with the ones before) and the
+    latent head's hidden map in the map cells."""
     torch.manual_seed(0)
     return StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
-                      state_dim=32, decoder_dim=32, heads=2, latent_hidden=8).eval()
+                      state_dim=32, decoder_dim=32, heads=2, latent_hidden=8, **OPTIONS[request.param]).eval()
 
 
 def context(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,3 +150,46 @@ def test_frames_shared_by_windows_are_encoded_once_with_the_same_result_and_grad
     assert texts == [16, 10]
     for a, b in zip(every_copy + grads, once + grads_once, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_second_read_adds_to_the_first_what_it_reads_queried_with_it() -> None:
+    """With hops=2 the first read is the one-read decoder's, and the second adds a read queried with the
+    step's output plus the first: silenced (its output projection zero) the decoder is the one-read one."""
+    torch.manual_seed(0)
+    one = StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
+                     state_dim=32, decoder_dim=32, heads=2, latent_hidden=8).eval()
+    two = StoryModel(V, latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32,
+                     state_dim=32, decoder_dim=32, heads=2, latent_hidden=8,
+                     caption_memory=functools.partial(CaptionDecoder, hops=2)).eval()
+    two.load_state_dict(one.state_dict(), strict=False)  # all but the second read's weights
+    enc_one, enc_two = one.encode(*context()), two.encode(*context())
+    assert enc_two.memory.shape[-1] == 2 * enc_one.memory.shape[-1]
+    assert not torch.allclose(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
+    two.caption.hops[0].out.weight.zero_()
+    two.caption.hops[0].out.bias.zero_()
+    torch.testing.assert_close(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
+
+
+@torch.no_grad()
+def test_motion_cells_add_the_latent_heads_hidden_map_to_every_map_cell() -> None:
+    """With motion_cells each cell of both maps in the decoder's memory gets the projection of the latent
+    head's hidden map at that cell (its last hidden layer, which `LatentHead.step` returns beside the next
+    latent `forward` gives); the caption's words are read as without."""
+    torch.manual_seed(0)
+    sizes = dict(latent_shape=(1, 8, 8), max_caption_len=L, embed_dim=16, text_dim=16, fusion_dim=32, state_dim=32,
+                 decoder_dim=32, heads=2, latent_hidden=8)
+    model = StoryModel(V, motion_cells=True, **sizes).eval()
+    plain = StoryModel(V, **sizes).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)  # all but the motion projection
+    latents, captions, lengths = context()
+    enc, without = model.encode(latents, captions, lengths), plain.encode(latents, captions, lengths)
+    latent, motion = model.latent_head.step(latents, enc.state)
+    assert motion.shape == (B, 8, 8, 8)
+    torch.testing.assert_close(latent, model.latent_head(latents, enc.state))
+    torch.testing.assert_close(latent, enc.latent)
+    added = model.caption.motion_proj(motion.flatten(2).transpose(1, 2)) @ model.caption.attention.key_value.weight.T
+    difference = enc.memory - without.memory  # the memory is linear in the keys: only the added part is left
+    torch.testing.assert_close(difference[:, :L], torch.zeros_like(difference[:, :L]))
+    torch.testing.assert_close(difference[:, L:L + 64], added)
+    torch.testing.assert_close(difference[:, L + 64:], added)
