@@ -174,6 +174,17 @@ MUTANTS = [
     Mutant("the copying decoder's training loss ignores focal_gamma", "storyreason/models/story.py",
            "return hard_token_mean(nll, focal_gamma)", "return nll.mean()",
            ("tests/models/test_losses.py::test_caption_loss_with_focal_gamma_is_the_hard_token_mean_of_the_token_losses",)),
+    Mutant("a second read is queried without what the first read", "storyreason/models/story.py",
+           "read = read + attention(out + read, memory", "read = read + attention(out, memory",
+           ("tests/models/test_story.py::test_a_second_read_adds_to_the_first_what_it_reads_queried_with_it",)),
+    Mutant("motion cells reach the last map's cells only", "storyreason/models/story.py",
+           "cells = cells + self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None]",
+           "cells = cells + F.pad(self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None], (0, 0, 0, 0, 0, 1))",
+           ("tests/models/test_story.py::test_motion_cells_add_the_latent_heads_hidden_map_to_every_map_cell",)),
+    Mutant("the bidirectional summary is the backward pass's twice", "storyreason/models/text.py",
+           "torch.cat(list(hidden[-1 - self.gru.bidirectional:]), dim=-1)",
+           "torch.cat([hidden[-1]] * (1 + self.gru.bidirectional), dim=-1)",
+           ("tests/models/test_text.py::test_padding_does_not_change_the_summary_or_the_states",)),
 ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from storyreason.data.tokenizer import EOS_ID, PAD_ID
-from storyreason.models.story import CaptionDecoder, StoryEncoding, StoryModel, mask_after_eos
+from storyreason.models.story import CaptionDecoder, StoryEncoding, StoryModel, mask_after_eos, teacher_inputs
 
 B, K, L, Z, V = 3, 4, 10, 64, 20  # Z = 1 x 8 x 8
 
@@ -166,6 +166,13 @@ def test_a_second_read_adds_to_the_first_what_it_reads_queried_with_it() -> None
     enc_one, enc_two = one.encode(*context()), two.encode(*context())
     assert enc_two.memory.shape[-1] == 2 * enc_one.memory.shape[-1]
     assert not torch.allclose(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
+    width = enc_one.memory.shape[-1]  # the second read's keys and values follow the first's
+    out, read, _ = two.caption.read(teacher_inputs(target()), enc_two.state, enc_two.memory, enc_two.memory_pad)
+    first = two.caption.attention(out, enc_two.memory[..., :width], enc_two.memory_pad)
+    torch.testing.assert_close(first, one.caption.read(teacher_inputs(target()), enc_one.state, enc_one.memory,
+                                                       enc_one.memory_pad)[1])
+    torch.testing.assert_close(read, first + two.caption.hops[0](out + first, enc_two.memory[..., width:],
+                                                                 enc_two.memory_pad))
     two.caption.hops[0].out.weight.zero_()
     two.caption.hops[0].out.bias.zero_()
     torch.testing.assert_close(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
