@@ -4,6 +4,7 @@
     python benchmarks/prose_facts.py --worth [--stories 300]
     python benchmarks/prose_facts.py --history
     python benchmarks/prose_facts.py --head outputs/multimodal/<run> [--no-cells]
+    python benchmarks/prose_facts.py --free outputs/multimodal/<run>
 
 The first form reads the captions.tsv of `python train.py stage=evaluate data=prose ckpt_path=<run>` and,
 for every object that the target frame and the last context frame both show, checks the sentence that
@@ -21,6 +22,8 @@ test split's target paragraphs, teacher-forced: the probability the decoder give
 its vocabulary head alone, the head's argmax and a copying decoder's gate (its vocabulary share), split by
 whether the word is in the last context caption (so copying can write it) or not (only the head can);
 `--no-cells` hides the latent-map cells from the decoder's memory, to see whether it reads them at all.
+The fifth decodes a stage-2 model's test paragraphs greedily (as evaluation does) and scores their facts as
+the first form does, once with the map cells and once with them hidden: which facts it takes from the frames.
 All read the world from `conf/data/prose.yaml` as train.py composes it.
 """
 
@@ -42,11 +45,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from storyreason.data.datamodule import StoryDataModule  # noqa: E402
 from storyreason.data.sources.prose import COL_WORDS, ROW_WORDS, ProseStyle, Thing  # noqa: E402
 from storyreason.data.sources.synthetic import SyntheticWorld  # noqa: E402
 from storyreason.data.stories import SPLITS  # noqa: E402
 from storyreason.data.tokenizer import normalize_text  # noqa: E402
 from storyreason.metrics import CharF  # noqa: E402
+from storyreason.models.story import StoryEncoding  # noqa: E402
 
 FACTS = ("region, changed", "region, same", "direction", "bounce, happened", "bounce, none")
 LEVELS = ("copy_last_caption", "+ step", "+ regions", "+ directions", "+ bounces (the oracle)")
@@ -178,9 +183,8 @@ def head_on_region_words(module: torch.nn.Module, batches: Iterable[dict], cells
     for batch in batches:
         context, _ = module.latents(batch, "test")
         enc = module.encode_context(batch, context)
-        if not cells:  # the memory is the last caption's positions, then the cells
-            enc.memory_pad = enc.memory_pad.clone()
-            enc.memory_pad[:, batch["context_captions"].shape[-1]:] = True
+        if not cells:
+            hide_cells(enc, batch["context_captions"].shape[-1])
         target = batch["target_caption"]
         inputs = teacher_inputs(target)
         if isinstance(decoder, PointerCaptionDecoder):
@@ -207,17 +211,49 @@ def head_on_region_words(module: torch.nn.Module, batches: Iterable[dict], cells
     return {group: {"words": c["words"], **{n: c[n] / max(c["words"], 1) for n in HEAD_FIGURES}} for group, c in sums.items()}
 
 
-def head_report(ckpt: Path, cells: bool = True, batches: int = 4) -> dict[str, dict[str, float]]:
-    """`head_on_region_words` of a stage-2 checkpoint (or run directory, as `ckpt_path=` takes) over the first `batches` test batches of `data=prose`."""
-    from itertools import islice
+def hide_cells(enc: StoryEncoding, caption_len: int) -> None:
+    """Mask the latent-map cells in a story encoding's memory (the last caption's `caption_len` positions come
+    first, then the cells), so the decoder reads the caption alone."""
+    enc.memory_pad = enc.memory_pad.clone()
+    enc.memory_pad[:, caption_len:] = True
 
+
+def free_running_rows(module: torch.nn.Module, data: StoryDataModule, cells: bool = True) -> list[tuple[str, int, str]]:
+    """A stage-2 module's greedy paragraphs for every test window, as (story id, target frame, paragraph) rows
+    for `score_facts`; `cells=False` hides the map cells from its decoder."""
+    from storyreason.models.decoding import decode_captions
+
+    ids, frames = data.story_ids("test"), data.target_frames("test").tolist()
+    rows: list[tuple[str, int, str]] = []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            enc = module.encode_context(batch, module.latents(batch, "test")[0])
+            if not cells:
+                hide_cells(enc, batch["context_captions"].shape[-1])
+            first = len(rows)
+            rows += [(ids[first + j], frames[first + j], text)
+                     for j, text in enumerate(module.decode(decode_captions(module.story, enc)))]
+    return rows
+
+
+def load_run(ckpt: Path) -> tuple[torch.nn.Module, StoryDataModule]:
+    """A stage-2 checkpoint (or run directory, as `ckpt_path=` takes) in eval mode and `data=prose`'s test
+    windows, its latents computed."""
     from storyreason.checkpoints import module_from_checkpoint, resolve_checkpoint
 
     data = instantiate(prose_data(["stage=multimodal"]))  # windows of frames, not single frames
     data.prepare_data()
     data.setup("test")
     module, _ = module_from_checkpoint(resolve_checkpoint(ckpt))
-    module.precompute_latents("test", data.frames["test"])
+    module.eval().precompute_latents("test", data.frames["test"])
+    return module, data
+
+
+def head_report(ckpt: Path, cells: bool = True, batches: int = 4) -> dict[str, dict[str, float]]:
+    """`head_on_region_words` of a stage-2 run over the first `batches` test batches of `data=prose`."""
+    from itertools import islice
+
+    module, data = load_run(ckpt)
     return head_on_region_words(module, islice(data.test_dataloader(), batches), cells)
 
 
@@ -238,9 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stories", type=int, default=None, help="with --worth: the first N test stories only")
     parser.add_argument("--head", type=Path, help="a stage-2 checkpoint or run directory: its decoder on the region words")
     parser.add_argument("--no-cells", action="store_true", help="with --head: hide the latent-map cells")
+    parser.add_argument("--free", type=Path, help="a stage-2 checkpoint or run directory: the facts of its greedy test "
+                                                  "paragraphs, with the map cells and with them hidden")
     args = parser.parse_args(argv)
-    if not (args.worth or args.history or args.head) and args.captions is None:
-        parser.error("give a captions.tsv, --worth, --history or --head")
+    if not (args.worth or args.history or args.head or args.free) and args.captions is None:
+        parser.error("give a captions.tsv, --worth, --history, --head or --free")
     if args.head:
         report = head_report(args.head, cells=not args.no_cells)
         print("| region words | words | " + " | ".join(HEAD_FIGURES) + " |\n|---|---:|" + "---:|" * len(HEAD_FIGURES))
@@ -257,14 +295,24 @@ def main(argv: list[str] | None = None) -> None:
         fitted, copy = row_from_history(world)
         print(f"next row from the context captions' rows, directions and bounces: {fitted:.3f} of test objects "
               f"right (a table fitted on train); copying the last row: {copy:.3f}")
+    if args.free:
+        module, data = load_run(args.free)
+        results = {name: score_facts(world, free_running_rows(module, data, cells))
+                   for name, cells in (("with the cells", True), ("cells hidden", False))}
+        print_facts(results)
     if args.captions is not None:
         columns, rows = read_captions(args.captions)
-        results = {c: score_facts(world, [(s, t, row[c]) for s, t, row in rows]) for c in columns}
-        print("| fact | checked | " + " | ".join(columns) + " |\n|---|---:|" + "---:|" * len(columns))
-        for fact in FACTS:
-            checked = results[columns[0]].get(fact, (0, 0))[1]
-            cells = [f"{right / n:.3f}" if n else "-" for right, n in (results[c].get(fact, (0, 0)) for c in columns)]
-            print(f"| {fact} | {checked} | " + " | ".join(cells) + " |")
+        print_facts({c: score_facts(world, [(s, t, row[c]) for s, t, row in rows]) for c in columns})
+
+
+def print_facts(results: dict[str, dict[str, tuple[int, int]]]) -> None:
+    """`score_facts` of each column -> a markdown table, a row per fact."""
+    columns = list(results)
+    print("| fact | checked | " + " | ".join(columns) + " |\n|---|---:|" + "---:|" * len(columns))
+    for fact in FACTS:
+        checked = results[columns[0]].get(fact, (0, 0))[1]
+        cells = [f"{right / n:.3f}" if n else "-" for right, n in (results[c].get(fact, (0, 0)) for c in columns)]
+        print(f"| {fact} | {checked} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

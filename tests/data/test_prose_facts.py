@@ -76,10 +76,9 @@ def test_the_context_captions_tell_the_next_row_better_than_copying_it() -> None
     assert fitted > copy + 0.1, (fitted, copy)
 
 
-def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide_the_cells(ae_run: Path) -> None:
-    """`--head`: the region words of the target captions, split by whether the last caption holds them; the
-    decoder's own probability of each (as `caption_logits` gives it); masking the map cells changes it."""
-    import torch
+@pytest.fixture(scope="module")
+def probed(ae_run: Path) -> tuple:
+    """An untrained tiny copying stage-2 module on the prose world, in eval mode, and its data's test windows."""
     from hydra.utils import instantiate
 
     from storyreason.run import build_module
@@ -91,6 +90,15 @@ def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide
     module = build_module(cfg, data).eval()
     data.setup("test")
     module.precompute_latents("test", data.frames["test"])
+    return module, data
+
+
+def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide_the_cells(probed: tuple) -> None:
+    """`--head`: the region words of the target captions, split by whether the last caption holds them; the
+    decoder's own probability of each (as `caption_logits` gives it); masking the map cells changes it."""
+    import torch
+
+    module, data = probed
     batches = list(data.test_dataloader())
     with_cells = prose_facts.head_on_region_words(module, batches)
     without = prose_facts.head_on_region_words(module, batches, cells=False)
@@ -114,3 +122,25 @@ def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide
         assert all(0 <= with_cells[group][name] <= 1 for name in prose_facts.HEAD_FIGURES)
     assert with_cells["not in the last caption"]["decoder p(word)"] != pytest.approx(
         without["not in the last caption"]["decoder p(word)"], rel=1e-4)
+
+
+def test_free_running_facts_are_the_models_own_test_paragraphs_with_or_without_the_cells(probed: tuple) -> None:
+    """`--free`: a row per test window in the data's order, naming its story and target frame, holding the
+    paragraph the module itself writes for it; with the cells hidden its decoder reads the caption alone."""
+    import torch
+
+    module, data = probed
+    rows = prose_facts.free_running_rows(module, data)
+    assert [(s, t) for s, t, _ in rows] == list(zip(data.story_ids("test"), data.target_frames("test").tolist()))
+    with torch.no_grad():
+        written = [text for batch in data.test_dataloader() for text in module(batch, "test").captions]
+    assert [text for _, _, text in rows] == written
+    hidden = []
+    for batch in data.test_dataloader():  # what the hidden memory positions are: every map cell, no word
+        enc = module.encode_context(batch, module.latents(batch, "test")[0])
+        shown = enc.memory_pad.clone()
+        prose_facts.hide_cells(enc, batch["context_captions"].shape[-1])
+        hidden.append((enc.memory_pad & ~shown).sum(dim=1))
+    cells = 2 * module.story.latent_shape[1] * module.story.latent_shape[2]
+    assert all((h == cells).all() for h in hidden)
+    assert len(prose_facts.free_running_rows(module, data, cells=False)) == len(rows)
