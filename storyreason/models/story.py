@@ -501,13 +501,8 @@ class StoryModel(nn.Module):
         if motion_cells and not hasattr(self.latent_head, "step"):
             raise ValueError(f"motion_cells needs a latent head with a hidden map, not {type(self.latent_head).__name__}")
         motion = {"motion_channels": latent_hidden} if motion_cells else {}
-        try:
-            self.caption = caption_memory(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1,
-                                          self.latent_shape, **motion)
-        except TypeError as e:
-            if not motion_cells:
-                raise
-            raise ValueError("motion_cells needs a caption decoder that reads the map cells (attention or pointer)") from e
+        self.caption = caption_memory(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1,
+                                      self.latent_shape, **motion)
         self.motion_cells = motion_cells
 
     def encode(
