@@ -159,3 +159,16 @@ def test_a_trainer_flag_without_plus_reaches_the_trainer(tmp_path: Path) -> None
     cfg = compose_config(tmp_path, "pretrain_ae", ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"])
     trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
     assert (trainer.limit_val_batches, trainer.num_sanity_val_steps) == (1, 0)
+
+
+@pytest.mark.parametrize("experiment", ["demo", "prose_demo"])
+def test_a_debug_preset_wins_over_the_recipe(experiment: str) -> None:
+    """`experiment=X debug=limit` is a tiny run: the recipe's epochs and batch fractions give way to the
+    preset's (and the command line still wins over both)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["stage=multimodal", f"experiment={experiment}", "debug=limit"])
+        assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches) == (1, 4)
+        cfg = compose(config_name="config", overrides=["stage=multimodal", f"experiment={experiment}", "debug=limit",
+                                                       "trainer.limit_train_batches=2"])
+        assert cfg.trainer.limit_train_batches == 2
