@@ -394,3 +394,40 @@ def test_bf16_mixed_precision_trains_like_float32(ae_run: Path, tmp_path: Path) 
     assert bf16[-1][0] < bf16[0][0], "bf16-mixed did not lower the validation loss"
     assert abs(bf16[-1][0] - full[-1][0]) <= 0.02 * full[-1][0]
     assert abs(bf16[-1][1] - full[-1][1]) <= 0.02
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_map_teacher_forcing_shows_the_true_next_map_to_a_share_of_the_training_windows(
+    ae_run: Path, tmp_path: Path, share: float
+) -> None:
+    """model.map_teacher_forcing=0.5: in training the story model gets the true next latents and a mask of the
+    windows whose decoder reads them, drawn from the step alone (the same again at that step, another at the
+    next), about half of the windows; validation and the default (0) pass no mask."""
+    cfg = compose_config(tmp_path, "multimodal", [f"model.ae_ckpt={ae_checkpoint(ae_run)}",
+                                                  f"model.map_teacher_forcing={share}"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg, datamodule)
+    calls: list[tuple[bool, int, torch.Tensor | None, torch.Tensor | None]] = []
+    encode = module.story.encode
+
+    def spy(latents: torch.Tensor, *args: Any) -> Any:
+        true_latent, read_true = args[3:5] if len(args) > 3 else (None, None)
+        if read_true is not None:
+            assert torch.equal(read_true, module._map_teacher_windows(len(latents))), "another draw at the same step"
+            assert true_latent is not None and true_latent.shape == latents[:, -1].shape
+        calls.append((module.training, module.global_step, read_true, true_latent))
+        return encode(latents, *args)
+
+    module.story.encode = spy
+    fitter = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, max_epochs=2, limit_val_batches=1, num_sanity_val_steps=0)
+    fitter.fit(module, datamodule=datamodule)
+    training = [c for c in calls if c[0]]
+    assert len(training) == fitter.global_step >= 4 and all(c[2] is None for c in calls if not c[0])  # validation reads the prediction
+    if not share:
+        assert all(c[2] is None for c in training)
+        return
+    masks = [c[2] for c in training]
+    shown = torch.cat(masks).float().mean()
+    assert 0.3 <= shown <= 0.7, shown
+    assert len({tuple(m.tolist()) for m in masks}) > 1, "every step showed the same windows"
