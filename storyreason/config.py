@@ -137,7 +137,6 @@ SCHEMA: dict[str, Rule] = {
     "model.val_caption_windows": integer(1) | NULL,
     "model.val_caption_every_n_epochs": integer(1),
     "model.loss_weights.*": number(0),
-    "model.map_teacher_forcing": number(0, 1),
     # Lightning Trainer flags (conf/trainer/cpu.yaml lists them all; the others Lightning checks itself)
     "trainer.max_epochs": integer(-1) | NULL,
     "trainer.min_epochs": integer(0) | NULL,

@@ -185,12 +185,6 @@ MUTANTS = [
            "torch.cat(list(hidden[-1 - self.gru.bidirectional:]), dim=-1)",
            "torch.cat([hidden[-1]] * (1 + self.gru.bidirectional), dim=-1)",
            ("tests/models/test_text.py::test_padding_does_not_change_the_summary_or_the_states",)),
-    Mutant("the teacher-forced windows read the predicted map", "storyreason/models/story.py",
-           "torch.where(read_true[:, None], true_latent, latent)", "latent",
-           ("tests/models/test_story.py::test_teacher_forced_windows_read_the_true_next_map_and_the_prediction_stays",)),
-    Mutant("validation reads the true next map too", "storyreason/modules/multimodal.py",
-           "if self.training and z_target is not None else None", "if z_target is not None else None",
-           ("tests/modules/test_multimodal.py::test_map_teacher_forcing_shows_the_true_next_map_to_a_share_of_the_training_windows",)),
 ]
 
 

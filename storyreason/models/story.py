@@ -506,18 +506,13 @@ class StoryModel(nn.Module):
         self.motion_cells = motion_cells
 
     def encode(
-        self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, frame_ids: torch.Tensor | None = None,
-        true_latent: torch.Tensor | None = None, read_true: torch.Tensor | None = None,
+        self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, frame_ids: torch.Tensor | None = None
     ) -> StoryEncoding:
         """latents (B, K, Z), captions (B, K, L), lengths (B, K) -> StoryEncoding.
 
         frame_ids (B, K), optional, name the context frames: a frame that several windows of the
         batch share (windows of one story overlap) has its caption encoded and fused once, and its
         result is reused, with the same values and gradients as encoding every copy.
-        true_latent (B, Z) and read_true (B,) bool, optional: the caption decoder of the windows read_true
-        marks reads the true next latent as its next map instead of the predicted one (teacher forcing of
-        the map in training: the decoder learns to read an object's next place from an exact map); the
-        encoding's `latent` stays the prediction.
         """
         b, k, _ = captions.shape
         ids = frame_ids.flatten() if frame_ids is not None else torch.arange(b * k, device=captions.device)
@@ -532,8 +527,7 @@ class StoryModel(nn.Module):
             latent, motion = self.latent_head.step(latents, state)
         else:
             latent, motion = self.latent_head(latents, state), None
-        shown = latent if read_true is None else torch.where(read_true[:, None], true_latent, latent)
-        maps = torch.stack([latents[:, -1], shown], dim=1).view(b, 2, *self.latent_shape)
+        maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
         memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps, motion)
         return StoryEncoding(state, latent, memory, memory_pad, memory_ids, captions.flatten(1))

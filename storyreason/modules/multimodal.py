@@ -74,7 +74,6 @@ class MultimodalStoryModule(StageModule):
         cache_latents: bool = True,
         loss_weights: dict[str, float] | None = None,
         caption_focal_gamma: float = 0.0,
-        map_teacher_forcing: float = 0.0,
         lr: float = 1e-3,
         lr_reference_width: int | None = None,
         weight_decay: float = 0.0,
@@ -202,29 +201,17 @@ class MultimodalStoryModule(StageModule):
 
     # ---- forward and steps -----------------------------------------------------------------------
 
-    def encode_context(self, batch: Batch, z_context: torch.Tensor, z_target: torch.Tensor | None = None) -> StoryEncoding:
+    def encode_context(self, batch: Batch, z_context: torch.Tensor) -> StoryEncoding:
         """The story model over the context; frames that overlapping windows share are encoded once
-        when the batch names its frames (`frame_index`, as the datamodule's batches do). In training, the
-        caption decoder of a `map_teacher_forcing` share of the windows reads the true next latent z_target
-        as its next map (`StoryModel.encode`)."""
+        when the batch names its frames (`frame_index`, as the datamodule's batches do)."""
         frame_ids = batch["frame_index"][:, :-1] if "frame_index" in batch else None
-        read_true = self._map_teacher_windows(len(z_context)) if self.training and z_target is not None else None
-        return self.story.encode(z_context, batch["context_captions"], batch["context_lengths"], frame_ids,
-                                 z_target, read_true)
-
-    def _map_teacher_windows(self, n: int) -> torch.Tensor | None:
-        """(n,) bool, each True with probability `map_teacher_forcing`, drawn from a generator seeded with the
-        step (training draws nothing from the global RNGs, so a resumed run draws the same); None at 0."""
-        if not self.hparams.map_teacher_forcing:
-            return None
-        draws = torch.rand(n, generator=torch.Generator().manual_seed(self.global_step))
-        return (draws < self.hparams.map_teacher_forcing).to(self.device)
+        return self.story.encode(z_context, batch["context_captions"], batch["context_lengths"], frame_ids)
 
     def forward(self, batch: Batch, split: str = "predict", generate: bool = True) -> Prediction:
         """The one path from a batch to predictions: encode the context, decode the next frame and, with
         `generate`, write the next caption as `self.decoding` asks (greedy, or e.g. a beam in evaluation)."""
         z_context, z_target = self.latents(batch, split)
-        enc = self.encode_context(batch, z_context, z_target)
+        enc = self.encode_context(batch, z_context)
         prediction = Prediction(enc, self.autoencoder.decode(enc.latent).float(), z_target)
         if generate:
             with torch.no_grad():

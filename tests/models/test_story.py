@@ -200,23 +200,3 @@ def test_motion_cells_add_the_latent_heads_hidden_map_to_every_map_cell() -> Non
     torch.testing.assert_close(difference[:, :L], torch.zeros_like(difference[:, :L]))
     torch.testing.assert_close(difference[:, L:L + 64], added)
     torch.testing.assert_close(difference[:, L + 64:], added)
-
-
-@torch.no_grad()
-def test_teacher_forced_windows_read_the_true_next_map_and_the_prediction_stays(model: StoryModel) -> None:
-    """`encode(..., true_latent, read_true)`: the windows read_true marks read the true next latent in the
-    decoder's memory (their predicted map gives way to it), the others the prediction; the encoding's
-    latent, the story state and the words read are the prediction's either way."""
-    latents, captions, lengths = context()
-    predicted = model.encode(latents, captions, lengths)
-    read_true = torch.tensor([True, False, True])
-    true_latent = torch.randn(B, Z, generator=torch.Generator().manual_seed(3))
-    forced = model.encode(latents, captions, lengths, None, true_latent, read_true)
-    torch.testing.assert_close(forced.latent, predicted.latent)
-    torch.testing.assert_close(forced.state, predicted.state)
-    torch.testing.assert_close(forced.memory[~read_true], predicted.memory[~read_true])
-    torch.testing.assert_close(forced.memory[read_true, :L + 64], predicted.memory[read_true, :L + 64])  # words, last map
-    assert (forced.memory[read_true, L + 64:] - predicted.memory[read_true, L + 64:]).abs().amin(dim=-1).gt(0).all()
-    # the true map read as the prediction would be: a head that predicted it gives the same memory
-    same = model.encode(latents, captions, lengths, None, predicted.latent, torch.ones(B, dtype=torch.bool))
-    torch.testing.assert_close(same.memory, predicted.memory)
