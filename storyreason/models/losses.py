@@ -32,26 +32,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = hidden.new_zeros((), dtype=torch.float64)
             for start in range(0, n, chunk):
                 h, t = hidden_c[start : start + chunk], target[start : start + chunk]
-                if dtype == torch.float32:  # the bias added by the product itself
-                    logits = torch.addmm(bias, h, weight_c.t())  # (c, V)
-                else:
-                    logits = torch.mm(h, weight_c.t()).float().add_(bias)
-                picked = logits.gather(1, t[:, None])[:, 0]
-                top = logits.amax(dim=1, keepdim=True)
-                exps = logits.sub_(top).exp_()  # exp(logits - max), in place of the logits: one exp pass
-                sums = exps.sum(dim=1, keepdim=True)
-                total += (top[:, 0] + sums[:, 0].log() - picked).sum(dtype=torch.float64)
-                if wants_grad:
-                    # d(summed loss)/d(logits) = exps / sums - one-hot(t). Nothing more passes over the (c, V)
-                    # exps: the 1 / sums scale goes on the small (c, F) side of each product, and the one-hot
-                    # part is a lookup of t's rows
-                    inv = sums.reciprocal()  # (c, 1)
-                    grad_bias += torch.mv(exps.t(), inv[:, 0])
-                    grad_bias -= torch.bincount(t, minlength=len(bias))
-                    exps = exps.to(dtype)
-                    grad_hidden[start : start + chunk] = torch.mm(exps, weight_c).float().mul_(inv).sub_(weight[t])
-                    grad_weight += torch.mm(exps.t(), (h.float() * inv).to(dtype))
-                    grad_weight.index_add_(0, t, h.float(), alpha=-1)
+                logits = torch.mm(h, weight_c.t()).float().add_(bias)  # (c, V)
+                log_sum_exp = logits.logsumexp(dim=1, keepdim=True)  # (c, 1)
+                total += (log_sum_exp[:, 0] - logits.gather(1, t[:, None])[:, 0]).sum(dtype=torch.float64)
+                if wants_grad:  # d(summed loss)/d(logits) = softmax - one-hot, in place of the logits
+                    probs = logits.sub_(log_sum_exp).exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grad_bias += probs.sum(dim=0)
+                    probs = probs.to(dtype)
+                    grad_hidden[start : start + chunk] = torch.mm(probs, weight_c)
+                    grad_weight += torch.mm(probs.t(), h)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.n, ctx.dtypes = n, (hidden.dtype, weight.dtype, bias.dtype)
         return (total / max(n, 1)).float()
