@@ -100,7 +100,7 @@ def test_the_prose_recipe_trains_a_context_biased_copying_decoder_on_the_hard_to
     train(cfg)
     story, _ = module_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
     assert isinstance(story.story.caption, PointerCaptionDecoder) and story.story.caption.context_gain is not None
-    assert len(story.story.caption.hops) == 1 and story.story.text.gru.bidirectional
+    assert len(story.story.caption.hops) == 1 and story.story.text.bidirectional
     assert story.hparams.caption_focal_gamma == cfg.model.caption_focal_gamma
     assert "test/chrf" in read_metrics(cfg)
 
