@@ -315,11 +315,9 @@ class PointerCaptionDecoder(CaptionDecoder):
         context_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """What the mix is made of, per step: the head's input (B, T, 2H), the copy weights over the memory
-        (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M), with `context_bias` which words
-        the last caption holds and which only earlier ones do (B, T, 2, V), 1.0 or 0.0 (both expanded views;
-        else None), and the GRU hidden;
-        `token_log_probs` and `target_log_probs` pick the rows they need before any other (.., V) tensor
-        is made."""
+        (B, T, M), the gate (B, T, 1), each row's memory word ids (B, T, M), with `context_bias` the story's
+        words so far and the kind of each (`context_words`, each (B, T, J); else None), and the GRU hidden;
+        `token_log_probs` and `target_log_probs` pick the rows they need before any (.., V) tensor is made."""
         if memory_ids is None:
             raise ValueError("a copying caption decoder needs the memory's word ids (memory_ids)")
         if self.context_gain is not None and context_ids is None:
@@ -337,21 +335,22 @@ class PointerCaptionDecoder(CaptionDecoder):
         gate = torch.where(no_word.all(dim=1).repeat_interleave(group)[:, None, None], 1.0, gate)
         ids = memory_ids.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)  # (B, T, M)
         seen = None
-        if self.context_gain is not None:  # (B', 2, V): the last caption's words, the words only earlier ones hold
-            words = gate.new_zeros(len(context_ids), self.embed.num_embeddings)
-            last = words.scatter(1, memory_ids, 1.0)  # the memory's words are the last caption's
-            seen = torch.stack([last, words.scatter(1, context_ids, 1.0) - last], dim=1)
-            seen[:, :, PAD_ID] = 0.0
-            seen = seen.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1, -1)
+        if self.context_gain is not None:
+            seen = tuple(x.repeat_interleave(group, dim=0)[:, None].expand(-1, t, -1)
+                         for x in context_words(memory_ids, context_ids, self.embed.num_embeddings))
         return both, weights.view(b, t, -1), gate, ids, seen, hidden
 
-    def logits(self, both: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+    def logits(self, both: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """The head's logits (.., V) from its input (.., 2H), each context word's raised by the step's bonus
-        for its kind (`context_bias`; `seen` (.., 2, V) from `parts`, of the same rows)."""
+        for its kind (`context_bias`; `seen`, the words and kinds (.., J) of the same rows from `parts`).
+        The bonuses are added at the J words only: a (.., 2, V) product of bonuses and word masks cost as
+        much as the head itself on the prose world (846 words, ~140 of them a story's)."""
         logits = self.head(both)
         if seen is None:
             return logits
-        return logits + (self.context_gain(both)[..., None] * seen.to(logits.dtype)).sum(dim=-2)
+        words, kinds = seen
+        bonus = self.context_gain(both).gather(-1, kinds).masked_fill(words == PAD_ID, 0.0)
+        return logits.scatter_add(-1, words, bonus.to(logits.dtype))
 
     @staticmethod
     def mix(logits: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -369,7 +368,7 @@ class PointerCaptionDecoder(CaptionDecoder):
                                                        context_ids=context_ids)
         tokens = targets != PAD_ID
         words = targets[tokens]
-        logits = self.logits(both[tokens], None if seen is None else seen[tokens]).float()  # (N, V)
+        logits = self.logits(both[tokens], None if seen is None else (seen[0][tokens], seen[1][tokens])).float()
         vocab = (logits.gather(1, words[:, None])[:, 0] - logits.logsumexp(dim=-1)).exp()
         copy = (weights[tokens] * (ids[tokens] == words[:, None])).sum(dim=-1)
         return log_mix(gate[tokens][:, 0], vocab, copy)
@@ -381,7 +380,7 @@ class PointerCaptionDecoder(CaptionDecoder):
         both, weights, gate, ids, seen, _ = self.parts(inputs, state, memory, memory_pad, memory_ids=memory_ids,
                                                        context_ids=context_ids)
         tokens = targets != PAD_ID
-        logits = self.logits(both[tokens], None if seen is None else seen[tokens])
+        logits = self.logits(both[tokens], None if seen is None else (seen[0][tokens], seen[1][tokens]))
         return self.mix(logits, weights[tokens], gate[tokens], ids[tokens])
 
 
@@ -590,6 +589,18 @@ def log_mix(gate: torch.Tensor, vocab: torch.Tensor, copy: torch.Tensor) -> torc
     """log(gate * vocab + (1 - gate) * copy): a copying decoder's log-probability from its two
     distributions' probabilities, floored at 1e-30 where both are 0."""
     return (gate * vocab + (1 - gate) * copy).clamp_min(1e-30).log()
+
+
+def context_words(last: torch.Tensor, context: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's distinct words (<pad> left out) of the last caption's ids `last` (B, M) and every context
+    caption's `context` (B, N) -> words (B, J) and their kinds (B, J): 0 where the last caption holds the
+    word, 1 where only earlier captions do; J is the most any row has, the rest <pad> (kind 1)."""
+    held = last.new_zeros(len(last), vocab_size).scatter_(1, context, 1).scatter_(1, last, 2)
+    held[:, PAD_ID] = 0
+    count = int((held > 0).sum(dim=1).max())
+    words = held.argsort(dim=1, descending=True, stable=True)[:, :count]  # kind 0's, then kind 1's, then none
+    kept = held.gather(1, words)
+    return words.masked_fill(kept == 0, PAD_ID), (kept != 2).long()
 
 
 def teacher_inputs(target: torch.Tensor) -> torch.Tensor:
