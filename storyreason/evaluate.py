@@ -33,6 +33,7 @@ from storyreason.checkpoints import AE_STAGE, STORY_STAGE, module_from_checkpoin
 from storyreason.data.datamodule import StoryDataModule
 from storyreason.errors import ConfigError
 from storyreason.history import Scalar, read_scalars
+from storyreason.memory import keep_freed_memory
 from storyreason.modules.base import to_unit
 from storyreason.modules.multimodal import Prediction
 from storyreason.report import markdown_table, print_table, results_table, write_json_atomic
@@ -293,6 +294,7 @@ def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], 
 
 def evaluate(cfg: DictConfig) -> float | None:
     """Score `cfg.ckpt_path` on `cfg.eval.split` of the configured data and write the report files."""
+    keep_freed_memory()
     split = cfg.eval.split
     if split not in SPLITS:
         raise ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")

@@ -20,6 +20,7 @@ from storyreason.data.datamodule import StoryDataModule
 from storyreason.distributed import prepare_data_once
 from storyreason.errors import ConfigError
 from storyreason.evaluate import evaluate
+from storyreason.memory import keep_freed_memory
 from storyreason.predict import predict
 from storyreason.report import print_table, write_json_atomic
 from storyreason.resume import resume_run
@@ -125,6 +126,7 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
+    keep_freed_memory()
     out = RunDir(cfg.paths.output_dir)
     datamodule: StoryDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule)
