@@ -169,6 +169,10 @@ MUTANTS = [
            "return words.masked_fill(kept == 0, PAD_ID), (kept != 2).long()",
            "return words.masked_fill(kept == 0, PAD_ID), (kept == 0).long()",
            ("tests/models/test_pointer.py::test_the_context_bias_raises_the_last_and_the_earlier_captions_words_by_their_own_bonus",)),
+    Mutant("the caption encoder's backward pass reads the padding before the words", "storyreason/models/text.py",
+           "order = torch.where(words, lengths[:, None] - 1 - steps, steps)[:, :, None]",
+           "order = (tokens.shape[1] - 1 - steps).expand(len(tokens), -1)[:, :, None]",
+           ("tests/models/test_text.py::test_states_summary_and_gradients_are_those_of_a_packed_gru",)),
     Mutant("the hard-token weights take part in the backward pass", "storyreason/models/losses.py",
            "torch.exp(-nll.detach())", "torch.exp(-nll)",
            ("tests/models/test_losses.py::test_hard_token_mean_weights_each_token_by_one_minus_p_to_the_gamma",)),
@@ -182,9 +186,8 @@ MUTANTS = [
            "cells = cells + self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None]",
            "cells = cells + F.pad(self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None], (0, 0, 0, 0, 0, 1))",
            ("tests/models/test_story.py::test_motion_cells_add_the_latent_heads_hidden_map_to_every_map_cell",)),
-    Mutant("the bidirectional summary is the backward pass's twice", "storyreason/models/text.py",
-           "torch.cat(list(hidden[-1 - self.gru.bidirectional:]), dim=-1)",
-           "torch.cat([hidden[-1]] * (1 + self.gru.bidirectional), dim=-1)",
+    Mutant("the bidirectional summary is the forward pass's twice", "storyreason/models/text.py",
+           "summary.append(backward[:, 0])", "summary.append(summary[0])",
            ("tests/models/test_text.py::test_padding_does_not_change_the_summary_or_the_states",)),
 ]
 
