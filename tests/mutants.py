@@ -142,7 +142,7 @@ MUTANTS = [
            '{"l1": 1.0, "mse": self.hparams.mse_weight}', '{"l1": 1.0, "mse": 1.0}',
            ("tests/modules/test_autoencoder.py::test_stage1_loss_is_l1_plus_mse_weight_times_mse",)),
     Mutant("the residual head forgets the last latent", "storyreason/models/story.py",
-           "return latents[:, -1] + self.net(", "return self.net(",
+           "return latents[:, -1] + self.net[-1](motion)", "return self.net[-1](motion)",
            ("tests/models/test_latent_head.py::test_the_residual_head_is_the_last_latent_plus_a_cnn_of_the_last_two_maps_and_the_state",)),
     Mutant("the residual head sees no motion (the last map twice)", "storyreason/models/story.py",
            "previous = latents[:, -2].view(b, *self.shape) if k > 1 else last", "previous = last",
