@@ -189,6 +189,16 @@ MUTANTS = [
     Mutant("the bidirectional summary is the forward pass's twice", "storyreason/models/text.py",
            "summary.append(backward[:, 0])", "summary.append(summary[0])",
            ("tests/models/test_text.py::test_padding_does_not_change_the_summary_or_the_states",)),
+    Mutant("a batch's region labels are the two context frames before the target", "storyreason/data/windows.py",
+           'batch["regions"] = self.regions[index[:, -2:]].long()', 'batch["regions"] = self.regions[index[:, -3:-1]].long()',
+           ("tests/data/test_synthetic.py::test_the_region_labels_reach_the_batches_through_the_cache",)),
+    Mutant("a cell's region label swaps the row and the column", "storyreason/data/sources/synthetic.py",
+           "labels[_covers(obj, xx - obj.x, yy - obj.y)] = thing.row * 3 + thing.col",
+           "labels[_covers(obj, xx - obj.x, yy - obj.y)] = thing.col * 3 + thing.row",
+           ("tests/data/test_synthetic.py::test_each_cell_is_labelled_with_the_region_its_caption_gives_the_object_drawn_there",)),
+    Mutant("the region loss reads the label grid transposed", "storyreason/modules/multimodal.py",
+           'labels = batch["regions"].flatten(2)', 'labels = batch["regions"].transpose(2, 3).flatten(2)',
+           ("tests/modules/test_region_loss.py::test_the_region_term_is_the_cells_cross_entropy_and_training_lowers_it",)),
 ]
 
 

@@ -90,6 +90,9 @@ def build_cache(source: StorySource, cache_dir: str | Path) -> Path:
                 np.save(tmp / f"{split}.oracle_frames.npy", data.oracle.frames)
                 oracle = {"index": data.oracle.index.tolist(), "captions": data.oracle.captions}
                 meta["splits"][split]["oracle"] = oracle
+            if data.regions is not None:
+                np.save(tmp / f"{split}.regions.npy", data.regions)
+                meta["splits"][split]["regions"] = True
         with open(tmp / _META, "w") as f:
             json.dump(meta, f)
         try:
@@ -156,5 +159,6 @@ def load_cache(path: str | Path) -> dict[str, StorySplit]:
             skipped=info.get("skipped", []),
             oracle=None if oracle is None else Oracle(np.asarray(oracle["index"], np.int64),
                                                       np.load(path / f"{split}.oracle_frames.npy"), oracle["captions"]),
+            regions=np.load(path / f"{split}.regions.npy") if info.get("regions") else None,
         )
     return splits

@@ -172,7 +172,8 @@ class StoryDataModule(L.LightningDataModule):
                 log.warning("%s: skipped %d of %d stories shorter than data.context + 1 = %d frames",
                             split, short, data.num_stories, self.context + 1)
             self.datasets[split] = WindowDataset(frames, torch.from_numpy(tokens), torch.from_numpy(lengths),
-                                                 torch.from_numpy(windows), self._oracle(split))
+                                                 torch.from_numpy(windows), self._oracle(split),
+                                                 None if data.regions is None else torch.from_numpy(data.regions))
         self._require_items("train")
 
     def _tokenize(self, split: str, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:

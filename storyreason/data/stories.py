@@ -62,6 +62,8 @@ class StorySplit:
     story_ids: S strings
     skipped:   stories of this split the source left out, each {"story_id", "reason"}
     oracle:    the predictable part of each frame, from sources that know their world's state; else None
+    regions:   (N, g, g) uint8, where the source knows its objects: each frame's grid of region labels
+               (`SyntheticWorld.regions`); else None
     """
 
     frames: np.ndarray
@@ -70,6 +72,7 @@ class StorySplit:
     story_ids: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
     oracle: Oracle | None = None
+    regions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[1] != 3:
@@ -78,6 +81,8 @@ class StorySplit:
             raise ValueError("offsets do not match story_ids and frames")
         if len(self.captions) != len(self.frames):
             raise ValueError(f"{len(self.captions)} captions for {len(self.frames)} frames")
+        if self.regions is not None and len(self.regions) != len(self.frames):
+            raise ValueError(f"{len(self.regions)} region maps for {len(self.frames)} frames")
 
     @property
     def num_stories(self) -> int:

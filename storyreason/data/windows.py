@@ -50,16 +50,20 @@ class WindowDataset(Dataset):
     Caption tensors are cut to the batch's longest caption (L <= data.max_caption_len): padding is
     masked everywhere it is read, so the cut changes no result and saves the recurrent steps.
     With `oracle` (frames, tokens, lengths of every frame's oracle, as `frames`, `tokens`, `lengths`;
-    a source that knows its world's state gives them) batches also carry the target's oracle.
+    a source that knows its world's state gives them) batches also carry the target's oracle; with
+    `regions` (N, g, g), every frame's region labels (`StorySplit.regions`), those of the last context
+    frame and the target.
     """
 
     def __init__(self, frames: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, windows: torch.Tensor,
-                 oracle: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                 oracle: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 regions: torch.Tensor | None = None) -> None:
         self.frames = frames  # (N, 3, H, W) uint8
         self.tokens = tokens  # (N, L) int64, `w1 .. wn <eos>` padded
         self.lengths = lengths  # (N,) int64
         self.windows = windows  # (W, K + 1) int64 frame indices
         self.oracle = oracle
+        self.regions = regions
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -70,6 +74,8 @@ class WindowDataset(Dataset):
         self.lengths, self.windows = self.lengths.to(device), self.windows.to(device)
         if self.oracle is not None:
             self.oracle = tuple(t.to(device) for t in self.oracle)
+        if self.regions is not None:
+            self.regions = self.regions.to(device)
         return self
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -94,6 +100,8 @@ class WindowDataset(Dataset):
                 "oracle_frame": self.oracle[0][target],  # (B, 3, H, W) uint8
                 "oracle_caption": self.oracle[1][target, :width],  # (B, L)
             }
+        if self.regions is not None:
+            batch["regions"] = self.regions[index[:, -2:]].long()  # (B, 2, g, g) last context frame, target
         return batch
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -176,25 +176,29 @@ class CaptionDecoder(nn.Module):
         self.hops = nn.ModuleList(MemoryAttention(hidden_dim, heads) for _ in range(hops - 1))
         self.head = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, embed.num_embeddings))
 
-    def memory(
-        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor,
-        motion: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys the decoder attends over: the last caption's words and the cells of latent maps.
-
-        states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; maps (B, M, C, h, w),
-        the last context latent and the predicted next one, whose cells say where objects are and will be;
-        with `motion_channels`, motion (B, C', h, w), the latent head's hidden map, added to every map's cells.
-        -> memory (B, L + M*h*w, 2H * hops), each read's keys and values, projected once for every decoding
-        step, its padding mask (B, L + M*h*w), True at caption padding, and the word id at each position
-        (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a copying decoder can copy
-        """
-        words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
+    def cells(self, maps: torch.Tensor, motion: torch.Tensor | None = None) -> torch.Tensor:
+        """The cells of latent maps as the decoder reads them: maps (B, M, C, h, w), the last context latent
+        and the predicted next one, whose cells say where objects are and will be; with `motion_channels`,
+        motion (B, C', h, w), the latent head's hidden map, added to every map's cells -> (B, M, h*w, H)."""
         cells = self.cell_proj(maps.flatten(3).transpose(2, 3)) + self.cell_position  # (B, M, h*w, H)
         if self.motion_proj is not None:
             if motion is None:
                 raise ValueError("a caption decoder with motion_channels needs the latent head's hidden map (motion)")
             cells = cells + self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None]
+        return cells
+
+    def memory(
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys the decoder attends over: the last caption's words and the cells of latent maps.
+
+        states (B, L, T), tokens (B, L) and pad (B, L) of the last context caption; cells (B, M, h*w, H)
+        of the maps (`cells`) -> memory (B, L + M*h*w, 2H * hops), each read's keys and values, projected
+        once for every decoding step, its padding mask (B, L + M*h*w), True at caption padding, and the word
+        id at each position (B, L + M*h*w), <pad> where there is no word (padding, map cells): what a
+        copying decoder can copy
+        """
+        words = self.memory_proj(torch.cat([states, self.embed(tokens)], dim=-1))
         keys = torch.cat([words, cells.flatten(1, 2)], dim=1)
         memory = torch.cat([attention.project(keys) for attention in (self.attention, *self.hops)], dim=-1)
         no_word = memory.shape[1] - pad.shape[1]
@@ -410,9 +414,12 @@ class PlainCaptionDecoder(nn.Module):
         self.gru = nn.GRU(embed.embedding_dim + state_dim, hidden_dim, batch_first=True)
         self.head = nn.Linear(hidden_dim, embed.num_embeddings)
 
+    def cells(self, maps: torch.Tensor, motion: torch.Tensor | None = None) -> None:
+        """No map cells: this decoder reads no memory."""
+        return None
+
     def memory(
-        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, maps: torch.Tensor,
-        motion: torch.Tensor | None = None,
+        self, states: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor, cells: None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """No memory: (B, 0, 0), its (B, 0) mask and ids, so decoding code treats every decoder alike."""
         return states.new_zeros(len(states), 0, 0), pad[:, :0], tokens[:, :0]
@@ -463,6 +470,7 @@ class StoryEncoding:
     memory_pad: torch.Tensor  # (B, L + M*h*w) True at caption padding (both (B, 0, ...) without caption memory)
     memory_ids: torch.Tensor  # (B, L + M*h*w) the word id at each memory position, <pad> where none
     context_ids: torch.Tensor  # (B, K*L) every context caption's word ids (<pad> included): the story's words so far
+    region_logits: torch.Tensor | None = None  # (B, M, h*w, classes) each map cell's region label, with a region head
 
 
 class StoryModel(nn.Module):
@@ -484,12 +492,16 @@ class StoryModel(nn.Module):
         caption_memory: Callable[..., nn.Module] = CaptionDecoder,
         bidirectional: bool = False,
         motion_cells: bool = False,
+        region_classes: int = 0,
     ) -> None:
         """`latent_head(latent_shape, state_dim, latent_hidden)` and `caption_memory(embed, state_dim,
         text_dim, decoder_dim, heads, positions, latent_shape)` build the two swappable blocks; a
         `bidirectional` caption encoder reads each caption both ways (`CaptionEncoder`); with `motion_cells`
         the decoder's map cells carry the latent head's hidden map (`LatentHead.step`: where things move),
-        passed as `caption_memory(..., motion_channels=latent_hidden)`."""
+        passed as `caption_memory(..., motion_channels=latent_hidden)`. With `region_classes` a small head
+        reads a label off every map cell the decoder reads (where each object is, in the captions' terms;
+        trained by the module's `region` loss) and each cell carries the head's distribution (`region_code`),
+        so the decoder's read of an object's cells returns its region outright."""
         super().__init__()
         self.max_caption_len = max_caption_len
         latent_dim = latent_shape[0] * latent_shape[1] * latent_shape[2]
@@ -504,6 +516,11 @@ class StoryModel(nn.Module):
         self.caption = caption_memory(self.text.embed, state_dim, text_dim, decoder_dim, heads, max_caption_len + 1,
                                       self.latent_shape, **motion)
         self.motion_cells = motion_cells
+        self.region_head, self.region_code = None, None
+        if region_classes:
+            self.region_head = nn.Sequential(nn.Linear(decoder_dim, decoder_dim), nn.Tanh(),
+                                             nn.Linear(decoder_dim, region_classes))
+            self.region_code = nn.Linear(region_classes, decoder_dim, bias=False)
 
     def encode(
         self, latents: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor, frame_ids: torch.Tensor | None = None
@@ -529,8 +546,12 @@ class StoryModel(nn.Module):
             latent, motion = self.latent_head(latents, state), None
         maps = torch.stack([latents[:, -1], latent], dim=1).view(b, 2, *self.latent_shape)
         last = inverse.view(b, k)[:, -1]  # each window's last context frame among the distinct ones
-        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], maps, motion)
-        return StoryEncoding(state, latent, memory, memory_pad, memory_ids, captions.flatten(1))
+        cells, regions = self.caption.cells(maps, motion), None
+        if self.region_head is not None:
+            regions = self.region_head(cells)  # (B, M, h*w, classes)
+            cells = cells + self.region_code(regions.softmax(-1))
+        memory, memory_pad, memory_ids = self.caption.memory(states[last], captions[:, -1], pad[last], cells)
+        return StoryEncoding(state, latent, memory, memory_pad, memory_ids, captions.flatten(1), regions)
 
     def caption_logits(self, enc: StoryEncoding, target: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: target `w1 .. wn <eos>` (B, L) -> logits (B, L, V) from inputs `<bos> w1 .. wn`."""

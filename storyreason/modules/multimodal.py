@@ -21,7 +21,8 @@ from storyreason.metrics import (
 )
 from storyreason.models.autoencoder import ConvAutoencoder
 from storyreason.models.decoding import decode_captions
-from storyreason.models.story import StoryEncoding, StoryModel, argmax_last
+from storyreason.data.sources.synthetic import REGION_CLASSES
+from storyreason.models.story import PlainCaptionDecoder, StoryEncoding, StoryModel, argmax_last
 from storyreason.modules.base import (StageModule, build_components, compile_inner, to_unit, weighted_loss,
                                       width_scaled_lr)
 
@@ -88,9 +89,9 @@ class MultimodalStoryModule(StageModule):
     ) -> None:
         super().__init__()
         loss_weights = dict(loss_weights or {"ce": 1.0, "img": 1.0, "lat": 1.0})
-        unknown = set(loss_weights) - {"ce", "img", "lat"}
+        unknown = set(loss_weights) - {"ce", "img", "lat", "region"}
         if unknown:
-            raise ConfigError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat")
+            raise ConfigError(f"model.loss_weights has unknown term(s) {sorted(unknown)}; allowed: ce, img, lat, region")
         if not any(loss_weights.values()):
             raise ConfigError("model.loss_weights are all zero: at least one of ce, img, lat must be > 0")
         if caption_focal_gamma < 0:
@@ -101,7 +102,11 @@ class MultimodalStoryModule(StageModule):
         vocab = self.tokenizer.vocab
         self.autoencoder = ConvAutoencoder(**autoencoder)
         components = build_components(story, "model.story")  # its latent head and caption decoder
-        self.story = StoryModel(len(vocab), self.autoencoder.latent_shape, max_caption_len, **components)
+        regions = {"region_classes": REGION_CLASSES} if loss_weights.get("region") else {}
+        self.story = StoryModel(len(vocab), self.autoencoder.latent_shape, max_caption_len, **components, **regions)
+        if regions and isinstance(self.story.caption, PlainCaptionDecoder):
+            raise ConfigError("model.loss_weights.region > 0 needs a caption decoder that reads map cells "
+                              "(model/story/caption_memory=attention or pointer)")
         if channels_last:  # the autoencoder's convolutions: about 2x faster encoding on a CPU
             self.autoencoder.to(memory_format=torch.channels_last)
         if freeze_ae:  # eval now: Lightning >= 2.2 keeps the modes a module has when fit starts, never calls train()
@@ -236,6 +241,8 @@ class MultimodalStoryModule(StageModule):
             "img": F.l1_loss(prediction.image, target),
             "lat": F.mse_loss(prediction.encoding.latent.float(), prediction.target_latent),
         }
+        if self.hparams.loss_weights.get("region") and ("regions" in batch or split == "train"):
+            terms["region"] = self._region_loss(prediction.encoding, batch)  # evaluating elsewhere: not scored
         loss = weighted_loss(terms, self.hparams.loss_weights, self.global_step)
         on_step, bs = split == "train", len(target)
         sync = not on_step  # val/test: the mean over every DDP rank's batches
@@ -245,6 +252,20 @@ class MultimodalStoryModule(StageModule):
         if split != "train":
             self._update_metrics(split, batch, prediction, logits, token_nll, target)
         return loss, prediction
+
+    def _region_loss(self, enc: StoryEncoding, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of the region head at every map cell the decoder reads, against the world's labels
+        of the last context frame and the target (`batch["regions"]`, `SyntheticWorld.regions`). Training
+        needs the labels; a model so trained is evaluated anywhere (without labels the term is left out)."""
+        if "regions" not in batch:
+            raise ConfigError("model.loss_weights.region > 0 needs a source that knows where its objects are "
+                              "(data=synthetic or data=prose); this one gives no region labels")
+        logits = enc.region_logits  # (B, M, h*w, classes)
+        labels = batch["regions"].flatten(2)  # (B, M, g*g)
+        if labels.shape != logits.shape[:-1]:
+            raise ConfigError(f"model.loss_weights.region: the data's {tuple(batch['regions'].shape[-2:])} region "
+                              f"grid does not match the latent map's {tuple(self.autoencoder.latent_shape[1:])} cells")
+        return F.cross_entropy(logits.flatten(0, 2).float(), labels.flatten())
 
     @torch.no_grad()
     def _update_metrics(self, split: str, batch: Batch, prediction: Prediction, logits: torch.Tensor,

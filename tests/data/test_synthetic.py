@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from storyreason.data.datamodule import StoryDataModule
-from storyreason.data.sources.synthetic import COLOURS, COLS, ROWS, SHAPES, SyntheticWorld
+from storyreason.data.sources.synthetic import COLOURS, COLS, NO_OBJECT, REGION_GRID, ROWS, SHAPES, SyntheticWorld
 from storyreason.data.stories import SPLITS, StorySplit
 from tests.conftest import CONF
 
@@ -97,6 +97,7 @@ def test_missing_split_or_too_short_story_is_refused() -> None:
 WORLD_SHA256 = {  # every byte a version of the default world writes (version 1 had no oracle)
     1: "97bbdd077f2b9a537040a83dfb8a3f0d88c17a874fff0f47432d69e7e8bd906d",
     2: "4b57c7aad88a1c2a79b5cd9ba7d9799f95d4e56384d67b27c8314d56b7f52ec3",
+    3: "be36649d90c2d4e67d9088804b5f00b3c91a5ddcd3bf9c824ab496f7ebc3ba05",  # version 3: version 2's world and each frame's region labels
 }
 
 
@@ -122,6 +123,8 @@ def test_the_default_world_is_the_one_its_cache_key_names() -> None:
         digest.update(np.ascontiguousarray(oracle.index, np.int64).tobytes())
         digest.update(np.ascontiguousarray(oracle.frames).tobytes())
         digest.update("\n".join(oracle.captions).encode())
+        if version >= 3:  # and each frame's region labels
+            digest.update(np.ascontiguousarray(splits[split].regions).tobytes())
     assert digest.hexdigest() == WORLD_SHA256[version], (
         f"the generated world changed (sha256 {digest.hexdigest()}) but its cache key did not: bump "
         f"SyntheticWorld.cache_key()['version'] to {max(WORLD_SHA256) + 1}, add that digest to WORLD_SHA256 "
@@ -171,3 +174,37 @@ def test_a_recoloured_object_keeps_its_old_colour_in_the_oracle(tmp_path: Path) 
                           for m in re.finditer(f"{new} {shape}", objects)}  # any one of the same name
         assert oracle_captions[target] in one_recoloured
     assert len(set(WORLD_SHA256.values())) == len(WORLD_SHA256), "two versions pinned to one world"
+
+
+def test_each_cell_is_labelled_with_the_region_its_caption_gives_the_object_drawn_there() -> None:
+    """With one object a story: every frame's labels are that object's region as its caption names it (row,
+    column) and NO_OBJECT elsewhere, at exactly the cells whose centre the object covers, read off the frame
+    itself (the four pixels around the centre: all of the object's colour means covered, none means not)."""
+    source = SyntheticWorld(num_stories=COUNTS, story_length=6, seed=3, max_objects=1, p_appear=0.0)
+    data = source.load()["train"]
+    assert data.regions.shape == (len(data.frames), REGION_GRID, REGION_GRID) and data.regions.dtype == np.uint8
+    size = 64 // REGION_GRID
+    checked = 0
+    for frame, caption, labels in zip(data.frames, data.captions, data.regions):
+        colour, _, row, col = caption.split()[:4]
+        region = ROWS.index(row) * 3 + COLS.index(col)
+        assert set(np.unique(labels)) <= {region, NO_OBJECT}
+        for i in range(REGION_GRID):
+            for j in range(REGION_GRID):
+                block = frame[:, i * size + size // 2 - 1 : i * size + size // 2 + 1,
+                              j * size + size // 2 - 1 : j * size + size // 2 + 1]
+                painted = (block == np.asarray(COLOURS[colour], np.uint8)[:, None, None]).all(axis=0)
+                if painted.all():
+                    assert labels[i, j] == region, (caption, i, j)
+                    checked += 1
+                elif not painted.any():
+                    assert labels[i, j] == NO_OBJECT, (caption, i, j)
+    assert checked > 2 * len(data.frames)
+
+
+def test_the_region_labels_reach_the_batches_through_the_cache(tmp_path: Path) -> None:
+    """A window's batch carries the labels of its last context frame and its target, as the world gives them."""
+    batch, _ = windows_of(tmp_path)
+    source = SyntheticWorld(num_stories=COUNTS, story_length=6, seed=1)
+    labels = torch.from_numpy(np.concatenate([source.regions(1, i) for i in range(COUNTS["val"])]))
+    assert torch.equal(batch["regions"], labels[batch["frame_index"][:, -2:]].long())

@@ -64,7 +64,7 @@ def test_a_beam_as_wide_as_all_captions_finds_the_most_likely_one() -> None:
 
 def _one(enc: StoryEncoding, i: int, n: int) -> StoryEncoding:
     """Story i of `enc`, repeated n times."""
-    return StoryEncoding(*(t[i : i + 1].expand(n, *t.shape[1:]) for t in vars(enc).values()))
+    return StoryEncoding(*(None if t is None else t[i : i + 1].expand(n, *t.shape[1:]) for t in vars(enc).values()))
 
 
 def caption_length(tokens: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,9 @@ ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 CAPTIONS = ("list", "prose")
 PROSE_VERSION = 1  # of the prose captions' generation, in the prose world's cache key
+REGION_GRID = 8  # each frame's regions are given on an 8x8 grid of cells (a 64x64 frame's latent map)
+NO_OBJECT = 9  # the region label of a cell whose centre no object covers
+REGION_CLASSES = NO_OBJECT + 1
 
 
 @dataclass
@@ -114,7 +117,7 @@ class SyntheticWorld:
         """Every setting that changes the generated frames or captions."""
         key = {
             "source": "synthetic",
-            "version": 2,  # 2: the oracle frames and captions are cached too
+            "version": 3,  # 2: the oracle frames and captions are cached too; 3: and each frame's regions
             "num_stories": self.num_stories,
             "story_length": self.story_length,
             "image_size": self.image_size,
@@ -139,6 +142,8 @@ class SyntheticWorld:
             data = StorySplit.from_stories([story[:3] for story in stories], self.image_size)
             surprises = [(int(begin) + t, oracle) for begin, story in zip(data.offsets, stories)
                          for t, oracle in story[3].items()]
+            data.regions = np.concatenate([self.regions(split_index, i) for i in range(self.num_stories[split])]
+                                          or [np.zeros((0, REGION_GRID, REGION_GRID), np.uint8)])
             data.oracle = Oracle(
                 index=np.array([i for i, _ in surprises], np.int64),
                 frames=np.stack([frame for _, (frame, _) in surprises]) if surprises
@@ -171,6 +176,23 @@ class SyntheticWorld:
             shown.append({obj.ident: self._thing(obj, step.walls.get(obj.ident, ())) for obj in step.objects})
             expected.append({obj.ident: self._thing(obj, step.walls.get(obj.ident, ())) for obj in step.expected})
         return style, shown, expected
+
+    def regions(self, split_index: int, index: int) -> np.ndarray:
+        """(T, REGION_GRID, REGION_GRID) uint8: at each cell of each frame, the 3x3 region (row * 3 + column,
+        as the caption names it) of the object drawn at the cell's centre, NO_OBJECT where none is. A label a
+        model can be asked to read off its latent map's cells (`model.loss_weights.region`): where each
+        object is, in the caption's terms."""
+        size = self.image_size / REGION_GRID
+        centres = (np.arange(REGION_GRID) + 0.5) * size - 0.5  # pixel coordinates of the cells' centres
+        yy, xx = np.meshgrid(centres, centres, indexing="ij")
+        maps = []
+        for step in self._simulate(split_index, index):
+            labels = np.full((REGION_GRID, REGION_GRID), NO_OBJECT, np.uint8)
+            for obj in step.objects:  # in drawing order: the last one drawn over a cell names it
+                thing = self._thing(obj)
+                labels[_covers(obj, xx - obj.x, yy - obj.y)] = thing.row * 3 + thing.col
+            maps.append(labels)
+        return np.stack(maps)
 
     def _simulate(self, split_index: int, index: int) -> Iterator[_Step]:
         """A story's frames one by one, as states (the objects of a step are only valid until the next)."""
@@ -264,15 +286,18 @@ class SyntheticWorld:
             # every shape lies within r of its centre: only that box of pixels is tested and painted
             top, left = max(math.floor(obj.y - obj.r), 0), max(math.floor(obj.x - obj.r), 0)
             box = (slice(top, math.floor(obj.y + obj.r) + 1), slice(left, math.floor(obj.x + obj.r) + 1))
-            dx, dy = self._xx[box] - obj.x, self._yy[box] - obj.y
-            if obj.shape == "circle":
-                mask = dx * dx + dy * dy <= obj.r * obj.r
-            elif obj.shape == "square":
-                mask = (np.abs(dx) <= obj.r * 0.85) & (np.abs(dy) <= obj.r * 0.85)
-            else:  # triangle, apex up
-                mask = (dy >= -obj.r) & (dy <= obj.r) & (np.abs(dx) <= (dy + obj.r) / 2)
+            mask = _covers(obj, self._xx[box] - obj.x, self._yy[box] - obj.y)
             image[(slice(None), *box)][:, mask] = np.asarray(COLOURS[obj.colour], np.uint8)[:, None]
         return image
+
+
+def _covers(obj: _Object, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Which of the points at offsets (dx, dy) from `obj`'s centre its shape covers."""
+    if obj.shape == "circle":
+        return dx * dx + dy * dy <= obj.r * obj.r
+    if obj.shape == "square":
+        return (np.abs(dx) <= obj.r * 0.85) & (np.abs(dy) <= obj.r * 0.85)
+    return (dy >= -obj.r) & (dy <= obj.r) & (np.abs(dx) <= (dy + obj.r) / 2)  # triangle, apex up
 
 
 def _listed(event: Event) -> str:
