@@ -193,7 +193,7 @@ def head_on_region_words(module: torch.nn.Module, batches: Iterable[dict], cells
             head = decoder.logits(both, seen).softmax(dim=-1)
             gate = gate[..., 0]
         else:
-            both = torch.cat(decoder.read(inputs, enc.state, enc.memory, enc.memory_pad)[:2], dim=-1)
+            both = torch.cat(decoder.read(inputs, enc.state, decoder.split(enc.memory), enc.memory_pad)[:2], dim=-1)
             head = decoder.head(both).softmax(dim=-1)
             gate = torch.ones_like(target, dtype=torch.float)
         mixed = decoder(inputs, enc.state, enc.memory, enc.memory_pad, memory_ids=enc.memory_ids,

@@ -167,12 +167,14 @@ def test_a_second_read_adds_to_the_first_what_it_reads_queried_with_it() -> None
     assert enc_two.memory.shape[-1] == 2 * enc_one.memory.shape[-1]
     assert not torch.allclose(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
     width = enc_one.memory.shape[-1]  # the second read's keys and values follow the first's
-    out, read, _ = two.caption.read(teacher_inputs(target()), enc_two.state, enc_two.memory, enc_two.memory_pad)
-    first = two.caption.attention(out, enc_two.memory[..., :width], enc_two.memory_pad)
-    torch.testing.assert_close(first, one.caption.read(teacher_inputs(target()), enc_one.state, enc_one.memory,
-                                                       enc_one.memory_pad)[1])
-    torch.testing.assert_close(read, first + two.caption.hops[0](out + first, enc_two.memory[..., width:],
-                                                                 enc_two.memory_pad))
+    keys, values = enc_two.memory[..., :width].chunk(2, dim=-1)
+    keys2, values2 = enc_two.memory[..., width:].chunk(2, dim=-1)
+    out, read, _ = two.caption.read(teacher_inputs(target()), enc_two.state, two.caption.split(enc_two.memory),
+                                    enc_two.memory_pad)
+    first = two.caption.attention(out, keys, values, enc_two.memory_pad)
+    torch.testing.assert_close(first, one.caption.read(teacher_inputs(target()), enc_one.state,
+                                                       one.caption.split(enc_one.memory), enc_one.memory_pad)[1])
+    torch.testing.assert_close(read, first + two.caption.hops[0](out + first, keys2, values2, enc_two.memory_pad))
     two.caption.hops[0].out.weight.zero_()
     two.caption.hops[0].out.bias.zero_()
     torch.testing.assert_close(one.caption_logits(enc_one, target()), two.caption_logits(enc_two, target()))
