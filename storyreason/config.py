@@ -88,6 +88,7 @@ SCHEMA: dict[str, Rule] = {
     "data.pin_memory": BOOL | NULL,
     "data.resident": BOOL | choice("auto"),
     "data.story_batches": BOOL,
+    "data.group_by_length": BOOL,
     "data.skip_bad": BOOL,
     "data.tokenizer": choice("word", "bpe"),
     "data.lowercase": BOOL,

@@ -199,6 +199,12 @@ MUTANTS = [
     Mutant("the region loss reads the label grid transposed", "storyreason/modules/multimodal.py",
            'labels = batch["regions"].flatten(2)', 'labels = batch["regions"].transpose(2, 3).flatten(2)',
            ("tests/modules/test_region_loss.py::test_the_region_term_is_the_cells_cross_entropy_and_training_lowers_it",)),
+    Mutant("data.group_by_length sorts story batches by each window's length, not its story's longest",
+           "storyreason/data/samplers.py", "self.lengths = longest[self.groups]", "self.lengths = self.lengths",
+           ("tests/data/test_samplers.py",)),
+    Mutant("a batch is cut to its windows' targets only, not their context captions", "storyreason/data/windows.py",
+           "longest = self.lengths[index].max(dim=1).values", "longest = self.lengths[index[:, -1]]",
+           ("tests/data/test_samplers.py", "tests/data/test_datamodule.py")),
 ]
 
 

@@ -21,17 +21,32 @@ class EpochSampler(DistributedSampler):
     instead and each one's indices follow one another, so a batch holds whole stories and what their
     overlapping windows share is computed once per batch.
 
+    With `lengths` (one per index: what a batch holding it must be padded to) the shuffled order is cut
+    into chunks of `chunk` indices and each chunk is sorted by length (a group's, with `groups`: its
+    longest), so each batch holds items of about one length and pads little; the chunks stay in their
+    random order and each chunk is still a random draw. `chunk` should be a whole number of global
+    batches (the datamodule uses 50).
+
     `skip` indices of this rank's share are left out of the next epoch only: a resumed run sets it
     to the number of samples its checkpoint had already trained on.
     """
 
     def __init__(
-        self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int = 0, groups: np.ndarray | None = None
+        self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int = 0, groups: np.ndarray | None = None,
+        lengths: np.ndarray | None = None, chunk: int = 0,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if groups is not None and len(groups) != len(dataset):
-            raise ValueError(f"{len(groups)} group ids for {len(dataset)} samples")
+        for name, values in (("group ids", groups), ("lengths", lengths)):
+            if values is not None and len(values) != len(dataset):
+                raise ValueError(f"{len(values)} {name} for {len(dataset)} samples")
+        if lengths is not None and chunk < 1:
+            raise ValueError(f"sorting by length needs a chunk of at least one index, got chunk={chunk}")
         self.groups = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        self.lengths, self.chunk = (None, 0) if lengths is None else (np.asarray(lengths), chunk)
+        if self.lengths is not None and self.groups is not None:  # a group sorts as its longest item
+            longest = np.zeros(int(self.groups.max(initial=-1)) + 1, dtype=self.lengths.dtype)
+            np.maximum.at(longest, self.groups, self.lengths)
+            self.lengths = longest[self.groups]
         self.skip = 0
 
     def order(self) -> list[int]:
@@ -39,9 +54,14 @@ class EpochSampler(DistributedSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         if self.groups is None:
-            return torch.randperm(len(self.dataset), generator=generator).tolist()
-        place = torch.randperm(int(self.groups.max(initial=-1)) + 1, generator=generator).numpy()
-        return np.argsort(place[self.groups], kind="stable").tolist()
+            order = torch.randperm(len(self.dataset), generator=generator).numpy()
+        else:
+            place = torch.randperm(int(self.groups.max(initial=-1)) + 1, generator=generator).numpy()
+            order = np.argsort(place[self.groups], kind="stable")
+        if self.lengths is not None:  # stable: a group's items stay together, in their order
+            order = np.concatenate([part[np.argsort(self.lengths[part], kind="stable")]
+                                    for part in np.split(order, range(self.chunk, len(order), self.chunk))])
+        return order.tolist()
 
     def __iter__(self) -> Iterator[int]:
         order = self.order()

@@ -78,14 +78,21 @@ class WindowDataset(Dataset):
             self.regions = self.regions.to(device)
         return self
 
+    def widths(self, indices: list[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """(W,) the longest caption of each window (of `indices`; default every one): its context's, its
+        target's and, where there is one, its oracle's. A batch's captions are cut to its windows' longest,
+        since what lies beyond is padding only."""
+        index = self.windows if indices is None else self.windows[_as_index(indices)]  # (W, K + 1)
+        longest = self.lengths[index].max(dim=1).values
+        if self.oracle is not None:  # an oracle caption may be longer than the target's
+            longest = torch.maximum(longest, self.oracle[2][index[:, -1]])
+        return longest
+
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = self.windows[_as_index(indices)]  # (B, K + 1)
         context, target = index[:, :-1], index[:, -1]
         lengths = self.lengths[index]  # (B, K + 1)
-        longest = int(lengths.max())
-        if self.oracle is not None:  # an oracle caption may be longer than the target's
-            longest = max(longest, int(self.oracle[2][target].max()))
-        width = max(longest, 1)  # the batch's longest caption: what lies beyond is padding only
+        width = max(int(self.widths(indices).max()), 1)
         batch = {
             "frame_index": index,  # (B, K + 1)
             "context_frames": self.frames[context],  # (B, K, 3, H, W) uint8

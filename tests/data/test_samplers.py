@@ -1,16 +1,19 @@
-"""Story batches: the train order shuffles stories and keeps each story's windows together."""
+"""Story batches: the train order shuffles stories and keeps each story's windows together; with lengths
+it also sorts each chunk of the order by length."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from storyreason.data.samplers import EpochSampler
 from tests.data.test_datamodule import datamodule
 
 STORIES = np.repeat(np.arange(6), [4, 3, 4, 1, 4, 2])  # 18 windows of 6 stories
+LENGTHS = np.array([5, 9, 7, 6, 3, 3, 4, 8, 8, 8, 8, 2, 6, 5, 1, 5, 9, 4])  # each window's longest caption
 
 
 def runs(order: list[int]) -> list[int]:
@@ -51,3 +54,61 @@ def test_story_batches_hold_whole_stories(tmp_path: Path) -> None:
     batches = -(-len(dm.datasets["train"]) // dm.batch_size)
     assert cut <= 2 * (batches - 1)  # only the first and last story of a batch may be cut
     assert len(per_story) > 2 * batches  # so most stories are whole
+
+
+def test_length_order_sorts_each_chunk_by_its_stories_longest_caption() -> None:
+    """Each chunk of the order holds what the plain story order's chunk holds, sorted by the longest caption
+    of each item's story (stories stay together inside a chunk); dealing to ranks and resuming are unchanged."""
+    longest = np.array([max(LENGTHS[STORIES == s]) for s in range(6)])  # 9, 4, 8, 2, 9, 5
+    plain = list(EpochSampler(range(18), seed=3, groups=STORIES))
+    sampler = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6)
+    order = list(sampler)
+    assert sorted(order) == list(range(18))
+    for start in range(0, 18, 6):
+        part = order[start:start + 6]
+        assert sorted(part) == sorted(plain[start:start + 6])  # a chunk is still the random draw it was
+        assert list(longest[STORIES[part]]) == sorted(longest[STORIES[part]])
+        assert len(runs(part)) == len(set(STORIES[part]))  # each story one run inside the chunk
+    assert order != plain
+    assert order == list(EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6))
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    ranks = [list(EpochSampler(range(18), num_replicas=2, rank=r, seed=3, groups=STORIES, lengths=LENGTHS, chunk=6))
+             for r in (0, 1)]
+    assert ranks[0] == order[0::2] and ranks[1] == order[1::2]
+    resumed = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6)
+    resumed.skip = 5
+    assert list(resumed) == order[5:]
+
+
+def test_length_order_of_windows_without_stories() -> None:
+    order = list(EpochSampler(range(18), seed=4, lengths=LENGTHS, chunk=18))
+    assert list(LENGTHS[order]) == sorted(LENGTHS)
+    with pytest.raises(ValueError, match="17 lengths for 18 samples"):
+        EpochSampler(range(18), lengths=LENGTHS[:17], chunk=6)
+    with pytest.raises(ValueError, match="chunk"):
+        EpochSampler(range(18), lengths=LENGTHS)
+
+
+def test_group_by_length_pads_less_and_trains_on_every_window_once(tmp_path: Path) -> None:
+    """data.group_by_length=true: the same windows in an epoch, in batches cut to fewer caption steps."""
+    seen, steps = {}, {}
+    for grouped in (False, True):
+        dm = datamodule(tmp_path, overrides=["data=prose", "data.max_caption_len=auto", f"data.group_by_length={str(grouped).lower()}"])
+        batches = list(dm.train_dataloader())
+        seen[grouped] = sorted(map(tuple, torch.cat([b["frame_index"] for b in batches]).tolist()))
+        steps[grouped] = sum(len(b["target_caption"]) * b["target_caption"].shape[1] for b in batches)
+        widths = dm.datasets["train"].widths()
+        for b in batches:  # a batch is cut to its windows' longest caption, which `widths` gives
+            width = b["target_caption"].shape[1]
+            assert width == int(widths[_rows(dm, b)].max())
+            assert b["context_captions"].shape[-1] == width
+            assert max(b["context_lengths"].max(), b["target_length"].max()) <= width  # every caption whole
+    assert seen[True] == seen[False]
+    assert steps[True] < steps[False]
+
+
+def _rows(dm, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dataset rows of a batch's windows."""
+    windows = dm.datasets["train"].windows
+    return torch.stack([torch.nonzero((windows == w).all(dim=1))[0, 0] for w in batch["frame_index"]])
