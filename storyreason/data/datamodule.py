@@ -56,8 +56,8 @@ class StoryDataModule(L.LightningDataModule):
     story's windows together: a batch then holds whole stories, whose overlapping windows share their
     context frames, and the stage-2 model encodes each shared frame once per batch. With
     `group_by_length` (windows only) the train order is also sorted by caption length within chunks of
-    50 batches (`EpochSampler`), so a batch is padded to about its own captions' length: paragraphs of
-    40 to 130 tokens otherwise pad a quarter of every batch's caption steps.
+    50 batches, whose batches are then shuffled (`EpochSampler`), so a batch is padded to about its own
+    captions' length: paragraphs of 40 to 130 tokens otherwise pad a quarter of every batch's caption steps.
     """
 
     def __init__(
@@ -278,6 +278,7 @@ class StoryDataModule(L.LightningDataModule):
             groups=self.story_index("train") if self.story_batches and windows else None,
             lengths=self.datasets["train"].widths().cpu().numpy() if self.group_by_length and windows else None,
             chunk=LENGTH_CHUNK_BATCHES * self.batch_size * replicas,
+            batch=self.batch_size * replicas,
         )
         if self._train_position is not None:
             sampler.set_epoch(self._train_position["epoch"])

@@ -56,34 +56,46 @@ def test_story_batches_hold_whole_stories(tmp_path: Path) -> None:
     assert len(per_story) > 2 * batches  # so most stories are whole
 
 
-def test_length_order_sorts_each_chunk_by_its_stories_longest_caption() -> None:
-    """Each chunk of the order holds what the plain story order's chunk holds, sorted by the longest caption
-    of each item's story (stories stay together inside a chunk); dealing to ranks and resuming are unchanged."""
+def test_length_order_sorts_each_chunk_by_its_stories_longest_caption_and_shuffles_its_batches() -> None:
+    """Each chunk of the order holds what the plain story order's chunk holds: sorted by the longest caption
+    of each item's story (stories kept together), cut into batches, the batches shuffled; dealing to ranks
+    and resuming are unchanged."""
     longest = np.array([max(LENGTHS[STORIES == s]) for s in range(6)])  # 9, 4, 8, 2, 9, 5
     plain = list(EpochSampler(range(18), seed=3, groups=STORIES))
-    sampler = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6)
+    sampler = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6, batch=2)
     order = list(sampler)
     assert sorted(order) == list(range(18))
+    rising = 0
     for start in range(0, 18, 6):
-        part = order[start:start + 6]
-        assert sorted(part) == sorted(plain[start:start + 6])  # a chunk is still the random draw it was
-        assert list(longest[STORIES[part]]) == sorted(longest[STORIES[part]])
-        assert len(runs(part)) == len(set(STORIES[part]))  # each story one run inside the chunk
-    assert order != plain
-    assert order == list(EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6))
+        part, drawn = order[start:start + 6], np.array(plain[start:start + 6])
+        assert sorted(part) == sorted(drawn)  # a chunk is still the random draw it was
+        by_length = drawn[np.argsort(longest[STORIES[drawn]], kind="stable")]
+        batches = [tuple(part[i:i + 2]) for i in range(0, 6, 2)]
+        assert sorted(batches) == sorted(tuple(by_length[i:i + 2]) for i in range(0, 6, 2))
+        rising += batches == [tuple(by_length[i:i + 2]) for i in range(0, 6, 2)]
+    assert rising < 3  # the batches of a chunk are shuffled, not left in rising length
+    assert order == list(EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6, batch=2))
     sampler.set_epoch(1)
     assert list(sampler) != order
-    ranks = [list(EpochSampler(range(18), num_replicas=2, rank=r, seed=3, groups=STORIES, lengths=LENGTHS, chunk=6))
-             for r in (0, 1)]
+    ranks = [list(EpochSampler(range(18), num_replicas=2, rank=r, seed=3, groups=STORIES, lengths=LENGTHS, chunk=6,
+                               batch=2)) for r in (0, 1)]
     assert ranks[0] == order[0::2] and ranks[1] == order[1::2]
-    resumed = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6)
+    resumed = EpochSampler(range(18), seed=3, groups=STORIES, lengths=LENGTHS, chunk=6, batch=2)
     resumed.skip = 5
     assert list(resumed) == order[5:]
 
 
+def test_a_last_partial_batch_stays_last_in_its_chunk() -> None:
+    order = list(EpochSampler(range(18), seed=4, lengths=LENGTHS, chunk=18, batch=4))
+    assert sorted(LENGTHS[order[16:]]) == sorted(LENGTHS)[16:]  # the two longest: the partial batch, last
+    for i in range(0, 16, 4):
+        assert list(LENGTHS[order[i:i + 4]]) == sorted(LENGTHS[order[i:i + 4]])
+
+
 def test_length_order_of_windows_without_stories() -> None:
-    order = list(EpochSampler(range(18), seed=4, lengths=LENGTHS, chunk=18))
-    assert list(LENGTHS[order]) == sorted(LENGTHS)
+    order = list(EpochSampler(range(18), seed=4, lengths=LENGTHS, chunk=18, batch=6))
+    thirds = [sorted(LENGTHS)[i:i + 6] for i in range(0, 18, 6)]  # the shortest six, the middle six, the longest
+    assert sorted(sorted(LENGTHS[order[i:i + 6]]) for i in range(0, 18, 6)) == thirds
     with pytest.raises(ValueError, match="17 lengths for 18 samples"):
         EpochSampler(range(18), lengths=LENGTHS[:17], chunk=6)
     with pytest.raises(ValueError, match="chunk"):
