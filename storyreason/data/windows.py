@@ -78,11 +78,13 @@ class WindowDataset(Dataset):
             self.regions = self.regions.to(device)
         return self
 
-    def widths(self, indices: list[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """(W,) the longest caption of each window (of `indices`; default every one): its context's, its
-        target's and, where there is one, its oracle's. A batch's captions are cut to its windows' longest,
-        since what lies beyond is padding only."""
-        index = self.windows if indices is None else self.windows[_as_index(indices)]  # (W, K + 1)
+    def widths(self) -> torch.Tensor:
+        """(W,) the longest caption of each window: its context's, its target's and, where there is one, its
+        oracle's. A batch's captions are cut to its windows' longest, since what lies beyond is padding only."""
+        return self._longest(self.windows)
+
+    def _longest(self, index: torch.Tensor) -> torch.Tensor:
+        """`widths` of the windows whose frames `index` (W, K + 1) names."""
         longest = self.lengths[index].max(dim=1).values
         if self.oracle is not None:  # an oracle caption may be longer than the target's
             longest = torch.maximum(longest, self.oracle[2][index[:, -1]])
@@ -92,7 +94,7 @@ class WindowDataset(Dataset):
         index = self.windows[_as_index(indices)]  # (B, K + 1)
         context, target = index[:, :-1], index[:, -1]
         lengths = self.lengths[index]  # (B, K + 1)
-        width = max(int(self.widths(indices).max()), 1)
+        width = max(int(self._longest(index).max()), 1)
         batch = {
             "frame_index": index,  # (B, K + 1)
             "context_frames": self.frames[context],  # (B, K, 3, H, W) uint8
