@@ -180,7 +180,7 @@ MUTANTS = [
            "return hard_token_mean(nll, focal_gamma)", "return nll.mean()",
            ("tests/models/test_losses.py::test_caption_loss_with_focal_gamma_is_the_hard_token_mean_of_the_token_losses",)),
     Mutant("a second read is queried without what the first read", "storyreason/models/story.py",
-           "read = read + attention(out + read, memory", "read = read + attention(out, memory",
+           "read = read + attention(out + read, *keys_values", "read = read + attention(out, *keys_values",
            ("tests/models/test_story.py::test_a_second_read_adds_to_the_first_what_it_reads_queried_with_it",)),
     Mutant("motion cells reach the last map's cells only", "storyreason/models/story.py",
            "cells = cells + self.motion_proj(motion.flatten(2).transpose(1, 2))[:, None]",
