@@ -230,15 +230,18 @@ def write_loss_curves(scalars: dict[str, list[Scalar]], out: Path) -> list[Path]
     return [path]
 
 
-def same_data_as_training(cfg: DictConfig, run: RunDir | None) -> bool | None:
-    """Whether the data source settings equal those the training run saved (None: cannot tell)."""
+def data_differences(cfg: DictConfig, run: RunDir | None) -> list[str] | None:
+    """The `data.source` keys whose values differ from the training run's saved config, each as
+    "key: here vs trained" ([] when the same; None where the run's config is missing or unreadable)."""
     if run is None or not run.config.is_file():
         return None
     try:
         trained = OmegaConf.to_container(OmegaConf.load(run.config).data.source, resolve=True)
-        return trained == OmegaConf.to_container(cfg.data.source, resolve=True)
+        given = OmegaConf.to_container(cfg.data.source, resolve=True)
     except Exception:  # a saved config this version cannot resolve says nothing either way
         return None
+    return [f"data.source.{key}: {given.get(key)!r} here vs {trained.get(key)!r} in training"
+            for key in sorted(set(trained) | set(given)) if trained.get(key) != given.get(key)]
 
 
 def write_report(path: Path, cfg: DictConfig, ckpt: Path, info: dict[str, Any], metrics: dict[str, float],
@@ -304,6 +307,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     stage = hparams["stage"]
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    run = RunDir.of_checkpoint(ckpt)
+    differences = data_differences(cfg, run)
+    if differences:
+        log.warning("the data differ from those %s was trained with (%s): its metrics will not match the run's; "
+                    "pass the run's data options (its .hydra/config.yaml) to score it as trained", ckpt,
+                    "; ".join(differences))
     datamodule = checkpoint_datamodule(cfg, hparams)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -327,16 +336,12 @@ def evaluate(cfg: DictConfig) -> float | None:
     grids = write_grids(recorder, columns, out, cfg.eval.grid_rows)
     if stage == STORY_STAGE:
         write_captions(recorder, out / "captions.tsv")
-    run = RunDir.of_checkpoint(ckpt)
     logs = (run.path / "tensorboard", run.path / "csv" / "metrics.csv") if run else None
     curves = write_loss_curves(read_scalars(*logs), out) if logs else []
-    same_data = same_data_as_training(cfg, run)
-    if same_data is False:
-        log.warning("the data source settings differ from those %s was trained with: "
-                    "the metrics will not match its run's", ckpt)
     info = {
         "stage": stage, "epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
-        "items": len(story_ids), "unit": "windows" if stage == STORY_STAGE else "frames", "same_data": same_data,
+        "items": len(story_ids), "unit": "windows" if stage == STORY_STAGE else "frames",
+        "same_data": None if differences is None else not differences,
         "max_len": cfg.eval.max_len or hparams.get("max_caption_len"),
     }
     if stage == STORY_STAGE:

@@ -243,3 +243,33 @@ def test_hparams_are_the_experiment_config_without_class_paths_or_long_values(st
     assert not [k for k in record if k.endswith("_target_") or k.split(".")[0] in ("paths", "callbacks", "logger")]
     assert all(isinstance(v, (bool, int, float, str)) and len(str(v)) <= 200 for v in record.values())
     assert "tokenizer_state" not in (story_run / "tensorboard" / "hparams.yaml").read_text(), "the module's hparams were logged"
+
+
+def test_other_data_than_training_are_named_before_the_pass(story_run: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint scored on other data settings than its run's: the warning names each differing key with
+    both values before any batch runs (a prose model scored on list captions reads as broken otherwise),
+    and the report says so; on the run's own settings nothing is said."""
+    import logging
+
+    import storyreason.evaluate as evaluate
+
+    passes = []
+    original = evaluate.checkpoint_datamodule
+
+    def record(*args, **kwargs):
+        passes.append(caplog.text)
+        return original(*args, **kwargs)
+
+    with caplog.at_level(logging.WARNING, logger="storyreason.evaluate"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "checkpoint_datamodule", record)
+        out = evaluate_run(tmp_path, story_run.parents[1], "other",
+                           [f"ckpt_path={story_run}", "eval.split=val", "eval.num_stories=1", "data.source.p_leave=0.5"])
+    assert "data.source.p_leave: 0.5 here vs 0.01 in training" in passes[0]
+    assert "**not** the training run's data settings" in (out / "report.md").read_text()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="storyreason.evaluate"):
+        out = evaluate_run(tmp_path, story_run.parents[1], "same", [f"ckpt_path={story_run}", "eval.split=val",
+                                                                    "eval.num_stories=1"])
+    assert "differ" not in caplog.text
+    assert "(the training run's data settings)" in (out / "report.md").read_text()
