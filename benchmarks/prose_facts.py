@@ -5,6 +5,7 @@
     python benchmarks/prose_facts.py --history
     python benchmarks/prose_facts.py --head outputs/multimodal/<run> [--no-cells]
     python benchmarks/prose_facts.py --free outputs/multimodal/<run>
+    python benchmarks/prose_facts.py --regions outputs/multimodal/<run>
 
 The first form reads the captions.tsv of `python train.py stage=evaluate data=prose ckpt_path=<run>` and,
 for every object that the target frame and the last context frame both show, checks the sentence that
@@ -24,6 +25,9 @@ whether the word is in the last context caption (so copying can write it) or not
 `--no-cells` hides the latent-map cells from the decoder's memory, to see whether it reads them at all.
 The fifth decodes a stage-2 model's test paragraphs greedily (as evaluation does) and scores their facts as
 the first form does, once with the map cells and once with them hidden: which facts it takes from the frames.
+The sixth asks a stage-2 model trained with the region loss (`model.loss_weights.region`) how often its
+region head names the right label on the test split, on the last context map and on the predicted next
+one, split into cells where an object is drawn and cells where none is.
 All read the world from `conf/data/prose.yaml` as train.py composes it.
 """
 
@@ -47,7 +51,7 @@ import torch  # noqa: E402
 
 from storyreason.data.datamodule import StoryDataModule  # noqa: E402
 from storyreason.data.sources.prose import COL_WORDS, ROW_WORDS, ProseStyle, Thing  # noqa: E402
-from storyreason.data.sources.synthetic import SyntheticWorld  # noqa: E402
+from storyreason.data.sources.synthetic import NO_OBJECT, SyntheticWorld  # noqa: E402
 from storyreason.data.stories import SPLITS  # noqa: E402
 from storyreason.data.tokenizer import normalize_text  # noqa: E402
 from storyreason.metrics import CharF  # noqa: E402
@@ -257,6 +261,34 @@ def head_report(ckpt: Path, cells: bool = True, batches: int = 4) -> dict[str, d
     return head_on_region_words(module, islice(data.test_dataloader(), batches), cells)
 
 
+MAPS = ("last context map", "predicted next map")
+
+
+def region_counts(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Region head logits (B, M, cells, classes) against labels (B, M, cells) -> (right, cells) for each
+    map of `MAPS` split by whether an object is drawn at the cell."""
+    right = logits.argmax(-1) == labels
+    counts = {}
+    for m, name in enumerate(MAPS):
+        drawn = labels[:, m] != NO_OBJECT
+        for where, mask in (("object", drawn), ("no object", ~drawn)):
+            counts[f"{name}, {where}"] = (int(right[:, m][mask].sum()), int(mask.sum()))
+    return counts
+
+
+def region_head_report(module: torch.nn.Module, data: StoryDataModule) -> dict[str, tuple[int, int]]:
+    """`region_counts` summed over a region-loss stage-2 module's test windows."""
+    if module.story.region_head is None:
+        raise SystemExit("--regions: this model has no region head (it was trained with model.loss_weights.region=0)")
+    totals: dict[str, tuple[int, int]] = {}
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            enc = module.encode_context(batch, module.latents(batch, "test")[0])
+            for key, (right, n) in region_counts(enc.region_logits, batch["regions"].flatten(2)).items():
+                totals[key] = (totals.get(key, (0, 0))[0] + right, totals.get(key, (0, 0))[1] + n)
+    return totals
+
+
 def read_captions(path: Path) -> tuple[list[str], list[tuple[str, int, dict[str, str]]]]:
     """captions.tsv -> its paragraph columns and rows of (story id, target frame, column -> paragraph)."""
     with open(path, newline="") as f:
@@ -276,9 +308,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cells", action="store_true", help="with --head: hide the latent-map cells")
     parser.add_argument("--free", type=Path, help="a stage-2 checkpoint or run directory: the facts of its greedy test "
                                                   "paragraphs, with the map cells and with them hidden")
+    parser.add_argument("--regions", type=Path, help="a stage-2 checkpoint or run directory trained with the region "
+                                                     "loss: its region head's test accuracy on each map")
     args = parser.parse_args(argv)
-    if not (args.worth or args.history or args.head or args.free) and args.captions is None:
-        parser.error("give a captions.tsv, --worth, --history, --head or --free")
+    if not (args.worth or args.history or args.head or args.free or args.regions) and args.captions is None:
+        parser.error("give a captions.tsv, --worth, --history, --head, --free or --regions")
+    if args.regions:
+        print("| region head on | cells | right |\n|---|---:|---:|")
+        for key, (right, n) in region_head_report(*load_run(args.regions)).items():
+            print(f"| {key} | {n} | {right / n:.3f} |")
     if args.head:
         report = head_report(args.head, cells=not args.no_cells)
         print("| region words | words | " + " | ".join(HEAD_FIGURES) + " |\n|---|---:|" + "---:|" * len(HEAD_FIGURES))

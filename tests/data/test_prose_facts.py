@@ -4,6 +4,7 @@ what each kind of fact is worth in chrF (docs/prose.md's tables come from it).""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,7 @@ def test_the_context_captions_tell_the_next_row_better_than_copying_it() -> None
     assert fitted > copy + 0.1, (fitted, copy)
 
 
-@pytest.fixture(scope="module")
-def probed(ae_run: Path) -> tuple:
+def probe_module(ae_run: Path, name: str, overrides: Iterable[str] = ()) -> tuple:
     """An untrained tiny copying stage-2 module on the prose world, in eval mode, and its data's test windows."""
     from hydra.utils import instantiate
 
@@ -85,12 +85,17 @@ def probed(ae_run: Path) -> tuple:
     from tests.conftest import compose_config
 
     cfg = compose_config(ae_run, "multimodal", ["data=prose", "data.max_caption_len=auto",
-                                                "model/story/caption_memory=pointer"], run_name="head_probe")
+                                                "model/story/caption_memory=pointer", *overrides], run_name=name)
     data = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, data).eval()
     data.setup("test")
     module.precompute_latents("test", data.frames["test"])
     return module, data
+
+
+@pytest.fixture(scope="module")
+def probed(ae_run: Path) -> tuple:
+    return probe_module(ae_run, "head_probe")
 
 
 def test_the_head_probe_splits_the_region_words_by_the_last_caption_and_can_hide_the_cells(probed: tuple) -> None:
@@ -144,3 +149,34 @@ def test_free_running_facts_are_the_models_own_test_paragraphs_with_or_without_t
     cells = 2 * module.story.latent_shape[1] * module.story.latent_shape[2]
     assert all((h == cells).all() for h in hidden)
     assert len(prose_facts.free_running_rows(module, data, cells=False)) == len(rows)
+
+
+def test_region_counts_split_each_map_by_whether_an_object_is_drawn() -> None:
+    """`--regions`: a head answering every label right is right on every cell; one answering "no object"
+    everywhere is right exactly on the empty cells of each map."""
+    import torch
+    import torch.nn.functional as F
+
+    from storyreason.data.sources.synthetic import NO_OBJECT, REGION_CLASSES
+
+    labels = torch.tensor([[[0, NO_OBJECT, 4, NO_OBJECT], [8, 8, NO_OBJECT, NO_OBJECT]],
+                           [[NO_OBJECT] * 4, [3, NO_OBJECT, NO_OBJECT, NO_OBJECT]]])  # (B=2, M=2, 4 cells)
+    perfect = prose_facts.region_counts(F.one_hot(labels, REGION_CLASSES).float(), labels)
+    assert perfect == {"last context map, object": (2, 2), "last context map, no object": (6, 6),
+                       "predicted next map, object": (3, 3), "predicted next map, no object": (5, 5)}
+    empty = prose_facts.region_counts(F.one_hot(torch.full_like(labels, NO_OBJECT), REGION_CLASSES).float(), labels)
+    assert empty == {"last context map, object": (0, 2), "last context map, no object": (6, 6),
+                     "predicted next map, object": (0, 3), "predicted next map, no object": (5, 5)}
+
+
+def test_the_region_probe_counts_every_test_cell_and_needs_a_region_head(ae_run: Path) -> None:
+    module, data = probe_module(ae_run, "region_probe", ["model.loss_weights.region=1"])
+    report = prose_facts.region_head_report(module, data)
+    labels = [batch["regions"].flatten(2) for batch in data.test_dataloader()]
+    drawn = sum(int((b != prose_facts.NO_OBJECT).sum()) for b in labels)
+    assert sum(n for key, (_, n) in report.items() if key.endswith(", object")) == drawn > 0
+    assert sum(n for _, n in report.values()) == sum(b.numel() for b in labels)
+    assert all(0 <= right <= n for right, n in report.values())
+    module.story.region_head = None
+    with pytest.raises(SystemExit, match="no region head"):
+        prose_facts.region_head_report(module, data)
