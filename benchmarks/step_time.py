@@ -76,8 +76,10 @@ def main() -> None:
         with open_dict(cfg):
             cfg.paths.output_dir = tmp
             cfg.logger = None
-            cfg.callbacks["step_timer"] = {"_target_": f"{__name__}.StepTimer", "steps": args.steps,
-                                           "skip": args.skip, "label": " ".join(args.overrides) or "the defaults"}
+            cfg.trainer.enable_progress_bar = False  # the figures alone: no bar, no checkpoints to save
+            cfg.trainer.enable_checkpointing = False
+            cfg.callbacks = {"step_timer": {"_target_": f"{__name__}.StepTimer", "steps": args.steps,
+                                            "skip": args.skip, "label": " ".join(args.overrides) or "the defaults"}}
         train(cfg)
 
 

@@ -111,6 +111,9 @@ def print_table(metrics: dict[str, float], split: str = "test", title: str = "")
     from rich.text import Text
 
     header, rows = results_table(metrics, split)
+    if not rows:  # nothing scored on the split (e.g. trainer.limit_test_batches=0): a line, not an empty box
+        print(f"{title or f'{split} split'}: no {split} metrics")
+        return
     # a title wider than the table (a run's path) stays on one line, where rich would wrap it to the table's width
     table = Table(title=Text(title or f"{split} split", no_wrap=True, overflow="ignore"))
     table.add_column(header[0], no_wrap=True)

@@ -59,3 +59,11 @@ def test_the_printed_table_keeps_every_figure_whole_when_stdout_is_no_terminal(c
     assert "…" not in out
     for text in ("copy last caption", "oracle caption", "0.0600", "0.9000", "image skill vs oracle_frame"):
         assert text in out, text
+
+
+def test_a_split_with_no_metrics_prints_one_line_not_an_empty_table(capsys: pytest.CaptureFixture) -> None:
+    """trainer.limit_test_batches=0 scores nothing on test: the run says so in a line."""
+    from storyreason.report import print_table
+
+    print_table({"val/l1": 0.5}, "test", title="multimodal: test split (run)")
+    assert capsys.readouterr().out == "multimodal: test split (run): no test metrics\n"

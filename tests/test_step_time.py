@@ -20,6 +20,7 @@ def test_it_times_the_steps_after_the_skipped_ones_of_the_given_config(ae_run: P
                      r"([0-9.]+)", done.stdout)
     assert line, done.stdout[-2000:]
     assert "data.group_by_length=true" in line[1] and float(line[2]) > 0 and float(line[3]) > 24
+    assert "┏" not in done.stdout and "Epoch 0" not in done.stdout + done.stderr  # no empty table, no training bar
     assert sorted(p.name for p in ae_run.iterdir()) == before  # the cache was there; no run directory added
     longer = run_command([*command, "--steps", "5", "--skip", "1"])
     assert longer.returncode != 0 and "the first epoch has only 3 steps" in longer.stderr
