@@ -280,13 +280,14 @@ def region_head_report(module: torch.nn.Module, data: StoryDataModule) -> dict[s
     """`region_counts` summed over a region-loss stage-2 module's test windows."""
     if module.story.region_head is None:
         raise SystemExit("--regions: this model has no region head (it was trained with model.loss_weights.region=0)")
-    totals: dict[str, tuple[int, int]] = {}
+    right, cells = Counter(), Counter()
     with torch.no_grad():
         for batch in data.test_dataloader():
             enc = module.encode_context(batch, module.latents(batch, "test")[0])
-            for key, (right, n) in region_counts(enc.region_logits, batch["regions"].flatten(2)).items():
-                totals[key] = (totals.get(key, (0, 0))[0] + right, totals.get(key, (0, 0))[1] + n)
-    return totals
+            for key, (r, n) in region_counts(enc.region_logits, batch["regions"].flatten(2)).items():
+                right[key] += r
+                cells[key] += n
+    return {key: (right[key], cells[key]) for key in cells}
 
 
 def read_captions(path: Path) -> tuple[list[str], list[tuple[str, int, dict[str, str]]]]:
