@@ -92,8 +92,9 @@ def test_seed_experiment_runs_both_stages(tmp_path: Path) -> None:
 
 def test_the_prose_recipe_trains_a_context_biased_copying_decoder_on_the_hard_token_loss(ae_run: Path) -> None:
     """experiment=prose_demo's stage 2 as `make demo-prose` runs it (tiny sizes): its decoder copies, raises
-    the context's words and reads its memory twice over captions read both ways, its training loss weights
-    the hard tokens, and the run is scored on the test split."""
+    the context's words and reads its memory twice over captions read both ways, its map cells carry the
+    latent head's hidden map, its training loss weights the hard tokens, and the run is scored
+    on the test split."""
     cfg = compose_config(ae_run, "multimodal", ["experiment=prose_demo", "trainer.max_epochs=1",
                                                 "trainer.limit_train_batches=2"], run_name="prose_recipe")
     assert cfg.data.source.captions == "prose" and cfg.model.caption_focal_gamma > 0
@@ -101,6 +102,8 @@ def test_the_prose_recipe_trains_a_context_biased_copying_decoder_on_the_hard_to
     story, _ = module_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
     assert isinstance(story.story.caption, PointerCaptionDecoder) and story.story.caption.context_gain is not None
     assert len(story.story.caption.hops) == 1 and story.story.text.bidirectional
+    hidden = story.story.latent_head.state_proj.out_features  # the recipe's 128 channels, shrunk by the tests' sizes
+    assert hidden == cfg.model.story.latent_hidden == story.story.caption.motion_proj.in_features
     assert story.hparams.caption_focal_gamma == cfg.model.caption_focal_gamma
     assert "test/chrf" in read_metrics(cfg)
 
